@@ -1,0 +1,95 @@
+"""`scan eval`: score trained models on a split and report recall with the papers' protocols.
+
+Several `--model`s are evaluated one by one and, with `--ensemble`, together by averaging their
+score matrices (the paper's best rows average a t2i and an i2t model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from scan.cli.common import report_user_errors
+from scan.data.precomp import PrecompSplit
+from scan.evaluate.encode import encode_split, score_split
+from scan.evaluate.protocols import PROTOCOLS, ensemble_scores, evaluate_scores
+from scan.evaluate.report import format_table, write_json
+from scan.models.loading import load_model
+from scan.train.devices import resolve_device, resolve_precision
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scan eval",
+        description="Evaluate trained models: R@1/5/10, median and mean rank both ways, and rsum.",
+        epilog=(
+            "protocols: 1k (the whole split; Flickr30K 1K test), coco1k (mean of 5 folds of 1000 images),\n"
+            "           coco5k (all 5000 COCO test images), all (the whole split, any size)\n"
+            "examples:\n"
+            "  scan eval --model runs/f30k_t2i --data data/f30k_precomp --split test\n"
+            "  scan eval --model runs/coco_t2i --model runs/coco_i2t --ensemble --data data/coco_precomp \\\n"
+            "            --split testall --protocol coco1k --protocol coco5k --json results.json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", action="append", required=True, help="run directory or checkpoint folder (repeatable)")
+    parser.add_argument("--name", action="append", help="a display name per --model (default: the folder name)")
+    parser.add_argument("--data", required=True, help="folder of the precomputed layout")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--protocol", action="append", choices=PROTOCOLS, help="repeatable (default: all)")
+    parser.add_argument("--ensemble", action="store_true", help="also evaluate the average of the models' scores")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="scoring path")
+    parser.add_argument("--batch-size", type=int, default=128, help="items per encoder batch")
+    parser.add_argument("--json", help="also write the results here (atomically)")
+    return parser
+
+
+def evaluate_models(models, names, split: PrecompSplit, *, protocols, ensemble, device, backend, batch_size):
+    """Score each model on the split; returns `{row name: metrics}` for every protocol."""
+    results: dict[str, dict] = {}
+    matrices = []
+    caption_image = None
+    for trained, name in zip(models, names):
+        precision = resolve_precision(trained.config.train.precision, device)
+        encoded = encode_split(trained.model, split, trained.tokenizer, device=device, precision=precision, batch_size=batch_size)
+        scores = score_split(trained.model, encoded, device=device, backend=backend)  # (N, M)
+        caption_image = encoded.caption_image
+        matrices.append(scores)
+        for protocol in protocols:
+            results[_row(name, protocol, protocols)] = evaluate_scores(scores, protocol=protocol, caption_image=caption_image)
+    if ensemble and len(matrices) > 1:
+        averaged = ensemble_scores(matrices)
+        for protocol in protocols:
+            results[_row("ensemble(" + "+".join(names) + ")", protocol, protocols)] = evaluate_scores(
+                averaged, protocol=protocol, caption_image=caption_image
+            )
+    return results
+
+
+def _row(name: str, protocol: str, protocols: list[str]) -> str:
+    return name if len(protocols) == 1 else f"{name} [{protocol}]"
+
+
+@report_user_errors
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    protocols = args.protocol or ["all"]
+    names = args.name or [Path(m).resolve().name for m in args.model]
+    if len(names) != len(args.model):
+        print("scan eval: give one --name per --model", file=sys.stderr)
+        return 2
+    device = resolve_device(args.device)
+    models = [load_model(path, device=device) for path in args.model]
+    split = PrecompSplit.open(args.data, args.split)
+    results = evaluate_models(
+        models, names, split, protocols=protocols, ensemble=args.ensemble, device=device, backend=args.backend, batch_size=args.batch_size
+    )
+    print(format_table({k: {m: v for m, v in r.items() if m != "folds"} for k, r in results.items()}))
+    if args.json:
+        write_json(results, args.json)
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,39 @@
+"""`scan`: one console script with a subcommand per job (train, eval, vocab, extract, demo).
+
+Each subcommand lives in its own module with a `main(argv=None)` so tests call it directly.
+Heavy imports happen inside the subcommand, so `scan --help` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "demo": ("scan.cli.demo", "extract features from photos, train SCAN and the baseline, report (Flickr8k)"),
+    "train": ("scan.cli.train", "train a model on precomputed region features"),
+    "eval": ("scan.cli.eval", "evaluate trained models (or their ensemble) with the papers' protocols"),
+    "extract": ("scan.cli.extract", "turn raw photos into region features (the precomputed layout)"),
+    "vocab": ("scan.cli.vocab", "build a vocabulary from training captions, or check one"),
+}
+
+USAGE = "usage: scan <command> [options]\n\ncommands:\n" + "\n".join(
+    f"  {name:<9}{help_text}" for name, (_, help_text) in SUBCOMMANDS.items()
+) + "\n\nRun `scan <command> --help` for the options of one command."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"scan: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Typed configuration: one dataclass per concern, YAML files, dotted command-line overrides.
+
+A run is fully described by a `Config`; the resolved config is written into every run
+directory (`config.yaml`) so a result can always be traced to the settings that produced it.
+The published recipes live in `configs/*.yaml`; `scan train --config configs/f30k_t2i.yaml
+train.lr=1e-4 model.agg=Mean` layers overrides on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # folder of the precomputed layout: {split}_ims.npy + {split}_caps.txt
+    train_split: str = "train"  # split trained on (COCO: "train", with restval merged in)
+    val_split: str = "dev"  # split for model selection by rsum
+    vocab: str = ""  # vocabulary JSON; empty: built from the training captions, saved in the run
+    vocab_threshold: int = 4  # keep words seen at least this often in the training captions
+    batch_size: int = 128  # captions per training batch (each with its image)
+    workers: int = 2  # data-loader worker processes
+    val_max_images: int = 0  # evaluate on the first K dev images only (0: all); COCO used 1000
+
+
+@dataclass
+class ModelConfig:
+    architecture: str = "scan"  # "scan" (cross attention) or "vse" (global-embedding baseline)
+    image_dim: int = 2048  # F: region feature size (bottom-up Faster R-CNN: 2048)
+    embed_dim: int = 1024  # D: joint embedding size
+    image_weight_norm: bool = False  # weight-normalised image projection (authors' option)
+    text_encoder: str = "gru"  # "gru" (trained from scratch) or "minilm" (pretrained MiniLM-L6)
+    word_dim: int = 300  # word embedding size of the GRU encoder
+    num_layers: int = 1  # GRU layers
+    bidirectional: bool = True  # bi-GRU, the two directions averaged (not concatenated)
+    freeze_text: bool = False  # keep the pretrained text model fixed, train the projection only
+    direction: str = "t2i"  # "t2i": words attend to regions; "i2t": regions attend to words
+    raw_feature_norm: str = "clipped_l2norm"  # normalisation of raw scores over the query axis
+    lambda_softmax: float = 9.0  # lambda_1: inverse temperature of the attention softmax
+    agg: str = "LogSumExp"  # pooling of relevances: LogSumExp, Mean, Max or Sum
+    lambda_lse: float = 6.0  # lambda_2 of LogSumExp pooling
+    vocab_size: int = 0  # set from the vocabulary at set-up; stored so checkpoints rebuild alone
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30  # passes over the training captions
+    lr: float = 2e-4  # Adam learning rate
+    lr_decay_epochs: int = 15  # multiply the learning rate by lr_decay after this many epochs
+    lr_decay: float = 0.1  # step-decay factor
+    margin: float = 0.2  # alpha of the hinge triplet loss
+    max_violation: bool = True  # hardest negative only (VSE++); False sums over all negatives
+    grad_clip: float = 2.0  # clip the global gradient norm to this (0: no clipping)
+    val_every_steps: int = 0  # also validate every N steps (0: only at the end of each epoch)
+    checkpoint_every_steps: int = 200  # also write a resumable checkpoint every N steps (0: never)
+    log_every_steps: int = 20  # write a line to metrics.jsonl every N steps
+    seed: int = 0  # seeds model initialisation, shuffling and dropout
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    precision: str = "auto"  # "fp32", "bf16" (autocast, GPU), "auto": bf16 on a GPU else fp32
+    scoring_backend: str = "auto"  # "auto", "torch" or "triton" for the pairwise scores
+    run_dir: str = "runs/scan"  # checkpoints, metrics and the resolved config go here
+    max_steps: int = 0  # stop after this many steps (0: no limit); for smoke runs
+    progress: bool = True  # show a progress bar
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown field or gives a value of the wrong type."""
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    """Give `value` the type of the field's default, with a clear error when it cannot."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(current, str):
+        return "" if value is None else str(value)
+    return value
+
+
+def _apply(config: Config, section: str, key: str, value: Any, where: str) -> None:
+    sub = getattr(config, section, None)
+    if sub is None or not dataclasses.is_dataclass(sub) or isinstance(sub, type):
+        sections = [f.name for f in dataclasses.fields(config)]
+        raise ConfigError(f"{where}: unknown section {section!r}; sections are {sections}")
+    names = {f.name for f in dataclasses.fields(sub)}
+    if key not in names:
+        raise ConfigError(f"{where}: unknown field {section}.{key}; fields are {sorted(names)}")
+    setattr(sub, key, _coerce(value, getattr(sub, key), f"{where}: {section}.{key}"))
+
+
+def update_config(config: Config, values: dict[str, Any], *, source: str) -> Config:
+    """Apply a nested `{section: {field: value}}` mapping in place; `source` names it in errors."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(values).__name__}")
+    for section, fields in values.items():
+        if not isinstance(fields, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        for key, value in fields.items():
+            _apply(config, section, key, value, source)
+    return config
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply `section.field=value` strings; values are parsed as YAML (`1e-4`, `true`, `Mean`)."""
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r}: expected section.field=value, e.g. train.lr=1e-4")
+        dotted, raw = item.split("=", 1)
+        section, key = dotted.split(".", 1)
+        _apply(config, section, key, yaml.safe_load(raw) if raw else "", f"override {item!r}")
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then the dotted overrides."""
+    config = Config()
+    if path:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        update_config(config, values, source=str(path))
+    return apply_overrides(config, overrides or [])
+
+
+def config_from_dict(values: dict[str, Any], *, source: str = "checkpoint") -> Config:
+    return update_config(Config(), values, source=source)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,662 @@
+"""Raw photos -> SCAN's precomputed region-feature layout (the image side of SCAN Sec. 3.1 / 4).
+
+SCAN consumes, per split, ``{split}_ims.npy`` ``(N, R, F)`` region features and ``{split}_caps.txt``
+(5 captions per image, in image order). The authors took ``R = 36`` regions from bottom-up
+attention (Faster R-CNN on Visual Genome, ``F = 2048``); this module makes the same layout from
+any folder of captioned photos with small models that run on a laptop CPU:
+
+* ``mode="bottomup"``: boxes from an SSD-MobileNetV2 COCO detector (:mod:`.detector`), reduced
+  to 36 by class-agnostic NMS and filled from the whole image and coarse grids when it finds fewer
+  (:func:`.roi.select_regions`);
+* ``mode="grid"``: the 6x6 grid of cells over the image (no detector), the "grid features" baseline.
+
+Either way each box is RoIAligned from the 1280-channel EfficientNet-Lite0 head map
+(:mod:`.backbone`, stride 16), averaged over its bins: ``F = 1280``.
+
+Written per split into ``out_folder``: ``{split}_ims.npy`` ``(N, R, F)`` (float32 or float16),
+``{split}_boxes.npy`` ``(N, R, 4)`` float32 pixel ``x1, y1, x2, y2`` in the original image (after
+EXIF rotation, as a viewer shows it), ``{split}_caps.txt``, ``{split}_ids.txt`` (file names) and
+``{split}_extract.json`` (config, models, counts, failures, and a fingerprint of config + models +
+source list).
+
+Properties, and how they are kept:
+
+* **Resumable.** Features go into preallocated ``.partial`` ``.npy`` memmaps; after every batch they
+  are flushed and ``{split}_extract.progress.json`` records how many images are done, so a killed
+  run continues from its last batch. Finished files are renamed into place atomically; the JSON is
+  written last and is the mark of completion.
+* **Cached.** When the JSON's fingerprint matches and the files are there, a run does nothing (the
+  models are not even loaded) and says so.
+* **Deterministic.** Every image runs through the backbone alone (batch 1: on CPU this is also the
+  fastest, and it makes the bytes independent of batching), NMS ties break by index, the split of
+  unsplit data is hash-based. Two runs with the same config, versions and thread count write
+  identical bytes; the JSON holds no timestamps.
+* **Never silent about bad images.** An unreadable or truncated image is reported on stderr by
+  name, left out of the split together with its captions, and listed in the summary and the JSON.
+  With ``strict=True`` the run instead fails after trying every image, listing all bad files (the
+  partial work is kept, so a non-strict rerun finishes without redoing it).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scan.data.errors import DataError
+from scan.data.raw import CAPTIONS_PER_IMAGE, ImageRecord, read_image_folder, select_split
+from scan.features.roi import grid_boxes, grid_size, roi_align, select_regions
+
+__all__ = [
+    "ExtractConfig",
+    "ExtractSummary",
+    "ExtractionError",
+    "FailedImage",
+    "ImageLoadError",
+    "RegionExtractor",
+    "extract_dataset",
+    "extract_split",
+    "load_image",
+]
+
+FORMAT = "scan-extract/1"  # bumped when the meaning of the written files changes
+DEFAULT_SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class ExtractConfig:
+    mode: str = "bottomup"  # "bottomup": detector boxes (+ grid fill); "grid": a sqrt(R) x sqrt(R) grid
+    num_regions: int = 36  # R: regions per image (grid mode needs a square number)
+    image_size: int = 448  # shorter side of the backbone input in pixels (aspect kept)
+    max_size: int = 768  # cap on the longer side of the backbone input in pixels
+    output_stride: int = 16  # backbone feature-map stride: 16 (dilated last stage) or 32
+    roi_samples: int = 14  # bilinear samples per box side, averaged into the region feature
+    dtype: str = "float32"  # stored feature dtype: "float32" (SCAN's) or "float16" (half the disk)
+    batch_size: int = 8  # images per loading / detection / checkpoint step
+    num_threads: int = 0  # torch threads for the backbone; 0: one less than the CPUs (the detector
+    #                       and image decoding run beside it in one more thread)
+    detector_threshold: float = 0.01  # lowest detector confidence returned (bottomup)
+    max_detections: int = 100  # most detector candidates per image (bottomup)
+    iou_threshold: float = 0.5  # class-agnostic NMS overlap, also for skipping grid fill boxes
+    min_score: float = 0.01  # detections below this score are not used as regions
+    min_box_size: float = 4.0  # detections with a side shorter than this (pixels) are not used
+    captions_per_image: int = CAPTIONS_PER_IMAGE  # captions written per image (SCAN: 5)
+    strict: bool = False  # fail the run on any unreadable image instead of skipping it
+
+    # Settings that change how the work is scheduled, not what is written.
+    EXECUTION_FIELDS = ("batch_size", "num_threads", "strict")
+    # Settings a RegionExtractor is built with (the rest only affect how results are stored).
+    MODEL_FIELDS = ("mode", "num_regions", "image_size", "max_size", "output_stride", "roi_samples",
+                    "detector_threshold", "max_detections", "iou_threshold", "min_score", "min_box_size")
+
+    def validate(self) -> None:
+        if self.mode not in ("bottomup", "grid"):
+            raise ValueError(f"mode must be 'bottomup' or 'grid', got {self.mode!r}")
+        if self.num_regions < 1:
+            raise ValueError(f"num_regions must be positive, got {self.num_regions}")
+        if self.mode == "grid":
+            grid_size(self.num_regions)
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+        if self.output_stride not in (16, 32):
+            raise ValueError(f"output_stride must be 16 or 32, got {self.output_stride}")
+        if self.batch_size < 1 or self.roi_samples < 1 or self.image_size < 32 or self.num_threads < 0:
+            raise ValueError("batch_size and roi_samples must be >= 1, image_size >= 32, num_threads >= 0")
+        if self.captions_per_image < 1:
+            raise ValueError(f"captions_per_image must be >= 1, got {self.captions_per_image}")
+
+    def model_fields(self) -> dict[str, Any]:
+        """The settings that determine the boxes and features (those of a RegionExtractor)."""
+        return {k: getattr(self, k) for k in self.MODEL_FIELDS}
+
+    def output_fields(self) -> dict[str, Any]:
+        """The settings that determine the written bytes (those in the fingerprint)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.EXECUTION_FIELDS}
+
+
+class ExtractionError(RuntimeError):
+    """A strict run met unreadable images; ``failed`` lists them all."""
+
+    def __init__(self, message: str, failed: Sequence[FailedImage] = ()) -> None:
+        super().__init__(message)
+        self.failed = list(failed)
+
+
+class ImageLoadError(OSError):
+    """An image file could not be decoded (missing, truncated, not an image)."""
+
+
+@dataclass
+class FailedImage:
+    filename: str  # the record's file name
+    reason: str  # why it could not be used
+
+
+@dataclass
+class ExtractSummary:
+    split: str  # output split name
+    out_folder: Path  # where the files are
+    num_images: int  # images written (N)
+    num_captions: int  # captions written (N * captions_per_image)
+    num_regions: int  # R
+    feature_dim: int  # F
+    failed: list[FailedImage] = field(default_factory=list)  # images left out, with reasons
+    cached: bool = False  # True: the files were up to date and nothing was done
+    resumed_from: int = 0  # images already done by an earlier, interrupted run
+    seconds: float = 0.0  # wall time of this call
+    seconds_per_image: float = 0.0  # wall time per image processed by this call
+    mean_detected_regions: float | None = None  # bottomup: regions that are detections (not fill)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to RGB ``uint8`` ``(H, W, 3)``, upright per its EXIF orientation.
+
+    Raises:
+        ImageLoadError: naming the file, for a missing, truncated or undecodable image.
+    """
+    from PIL import Image, ImageFile, ImageOps
+
+    path = Path(path)
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone relaxed PIL globally; truncation must still fail
+        raise ImageLoadError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; truncated images would pass silently")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            array = np.array(im.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: image file not found") from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise ImageLoadError(f"{path}: cannot decode image: {type(e).__name__}: {e}") from None
+    if array.ndim != 3 or array.shape[0] < 1 or array.shape[1] < 1:
+        raise ImageLoadError(f"{path}: empty image {array.shape}")
+    return array
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _digest(path: Path) -> str:
+    st = path.stat()
+    return _file_digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+def model_fingerprint(config: ExtractConfig) -> dict[str, str]:
+    """SHA-256 prefixes of the model files the config uses (without loading the models)."""
+    from scan.features.backbone import lite0_weights_path
+
+    out = {"backbone": _digest(lite0_weights_path())}
+    if config.mode == "bottomup":
+        from scan.features.detector import ssd_model_files
+
+        graph, cfg = ssd_model_files()
+        out["detector"] = _digest(graph)
+        out["detector_config"] = _digest(cfg)
+    return out
+
+
+def source_fingerprint(records: Sequence[ImageRecord]) -> str:
+    """Hash of the source list: file names, captions, and each file's size and mtime."""
+    h = hashlib.sha256()
+    for r in records:
+        try:
+            st = r.path.stat()
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(json.dumps([r.filename, stamp, r.captions], ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _fingerprint(config: ExtractConfig, models: dict[str, str], source: str) -> str:
+    blob = json.dumps({"format": FORMAT, "config": config.output_fields(), "models": models, "source": source},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class RegionExtractor:
+    """The models of one extraction: image -> ``R`` boxes and their ``F``-dim features.
+
+    Loads the backbone, and the detector in ``bottomup`` mode, once; reuse it across splits.
+    """
+
+    def __init__(self, config: ExtractConfig) -> None:
+        from scan.features.backbone import EfficientNetLite0Backbone
+
+        config.validate()
+        self.config = config
+        # Threads: the backbone runs in the calling thread with `threads` torch threads, while the
+        # decoding and the detector (1 OpenCV thread) run in one worker thread beside it. Spreading
+        # work over threads like this, rather than giving every library all CPUs, avoids the
+        # oversubscription that makes OpenMP spin-waits crawl on small, shared machines.
+        threads = config.num_threads or max(1, _num_cpus() - 1)
+        torch.set_num_threads(threads)
+        self.backbone = EfficientNetLite0Backbone(
+            output_stride=config.output_stride, shorter_side=config.image_size, max_longer_side=config.max_size
+        )
+        self.detector = None
+        if config.mode == "bottomup":
+            from scan.features.detector import SSDMobileNetDetector
+
+            self.detector = SSDMobileNetDetector(
+                confidence_threshold=config.detector_threshold,
+                max_detections=config.max_detections,
+                num_threads=1,
+            )
+        self.feature_dim = self.backbone.info.num_features
+
+    def model_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"backbone": asdict(self.backbone.info)}
+        info["detector"] = asdict(self.detector.info) if self.detector is not None else None
+        return info
+
+    def boxes(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        """``R`` pixel boxes per image, and how many of them are detections."""
+        cfg = self.config
+        if self.detector is None:
+            side = grid_size(cfg.num_regions)
+            return [(grid_boxes(im.shape[:2], side), 0) for im in images]
+        out = []
+        for im, (boxes, scores, _labels) in zip(images, self.detector.detect_batch(images), strict=True):
+            out.append(select_regions(
+                boxes, scores, image_size=im.shape[:2], num_regions=cfg.num_regions,
+                iou_threshold=cfg.iou_threshold, min_score=cfg.min_score, min_size=cfg.min_box_size,
+                return_num_detected=True,
+            ))
+        return out
+
+    @torch.inference_mode()
+    def features(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Region features ``(R, F)`` float32 of pixel ``boxes`` ``(R, 4)`` in ``image``."""
+        h, w = image.shape[:2]
+        x = self.backbone.prepare(image)  # (3, h', w')
+        fmap = self.backbone(x.unsqueeze(0))[0]  # (F, h'/s, w'/s)
+        sy, sx = x.shape[1] / h, x.shape[2] / w
+        scaled = torch.from_numpy(boxes.astype(np.float32)) * torch.tensor([sx, sy, sx, sy])  # (R, 4)
+        # One bin of roi_samples^2 samples: the same points and mean as RoIAlign with 7x7 bins of
+        # 2x2 samples followed by average pooling (bottom-up attention's head), at a fraction of the cost.
+        pooled = roi_align(fmap, scaled, spatial_scale=1.0 / self.backbone.stride, output_size=1,
+                           sampling_ratio=self.config.roi_samples)  # (R, F, 1, 1)
+        return pooled.flatten(1).numpy()  # (R, F)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_text_atomic(path: Path, lines: Sequence[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _paths(out: Path, split: str) -> dict[str, Path]:
+    return {
+        "ims": out / f"{split}_ims.npy",
+        "boxes": out / f"{split}_boxes.npy",
+        "caps": out / f"{split}_caps.txt",
+        "ids": out / f"{split}_ids.txt",
+        "json": out / f"{split}_extract.json",
+        "ims_partial": out / f"{split}_ims.npy.partial",
+        "boxes_partial": out / f"{split}_boxes.npy.partial",
+        "progress": out / f"{split}_extract.progress.json",
+    }
+
+
+def _is_cached(paths: dict[str, Path], fingerprint: str) -> dict[str, Any] | None:
+    """The stored extraction record if the final files are there and match, else ``None``."""
+    try:
+        record = json.loads(paths["json"].read_text(encoding="utf-8"))
+        if record.get("fingerprint") != fingerprint:
+            return None
+        n, r, f = record["counts"]["images"], record["num_regions"], record["feature_dim"]
+        ims = np.load(paths["ims"], mmap_mode="r")
+        boxes = np.load(paths["boxes"], mmap_mode="r")
+        if ims.shape != (n, r, f) or boxes.shape != (n, r, 4) or str(ims.dtype) != record["dtype"]:
+            return None
+        ids = paths["ids"].read_text(encoding="utf-8").splitlines()
+        caps = paths["caps"].read_text(encoding="utf-8").splitlines()
+        if len(ids) != n or len(caps) != n * record["captions_per_image"]:
+            return None
+        return record
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_records(records: Sequence[ImageRecord], config: ExtractConfig, split: str) -> list[list[str]]:
+    """Validate names and captions up front; the captions to write, one line each."""
+    if not records:
+        raise DataError(f"split {split!r} has no images")
+    seen: set[str] = set()
+    captions = []
+    for r in records:
+        if r.filename in seen:
+            raise DataError(f"image listed twice in split {split!r}", path=r.path)
+        seen.add(r.filename)
+        if "\n" in r.filename or "\r" in r.filename:
+            raise DataError("file name contains a newline", path=r.path)
+        # Collapse every kind of whitespace, including the ones str.splitlines() breaks on
+        # (\v, \f, \x1c-\x1e, \x85, \u2028, \u2029), so one caption is always one line.
+        caps = [" ".join(c.split()) for c in r.captions]
+        if len(caps) != config.captions_per_image:
+            raise DataError(f"image has {len(caps)} captions, the layout needs exactly "
+                            f"{config.captions_per_image}", path=r.path, field="captions")
+        for k, c in enumerate(caps):
+            if not c:
+                raise DataError("empty caption", path=r.path, field=f"captions[{k}]")
+        captions.append(caps)
+    return captions
+
+
+def _num_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _load_batch(
+    records: Sequence[ImageRecord], extractor: RegionExtractor
+) -> list[tuple[np.ndarray, np.ndarray, int] | ImageLoadError]:
+    """Decode a batch and find its boxes: ``(image, boxes (R, 4), num_detected)`` or the error."""
+    loaded: list[np.ndarray | ImageLoadError] = []
+    for r in records:
+        try:
+            loaded.append(load_image(r.path))
+        except ImageLoadError as e:
+            loaded.append(e)
+    good = [im for im in loaded if isinstance(im, np.ndarray)]
+    try:
+        regions = iter(extractor.boxes(good) if good else [])
+    except Exception:  # an image the detector (OpenCV) rejects: find it, fail only that one
+        regions = None
+    out: list[tuple[np.ndarray, np.ndarray, int] | ImageLoadError] = []
+    for r, im in zip(records, loaded, strict=True):
+        if isinstance(im, ImageLoadError):
+            out.append(im)
+        elif regions is not None:
+            out.append((im, *next(regions)))
+        else:
+            try:
+                out.append((im, *extractor.boxes([im])[0]))
+            except Exception as e:
+                out.append(ImageLoadError(f"{r.path}: region detection failed: {type(e).__name__}: {e}"))
+    return out
+
+
+def extract_split(
+    records: Sequence[ImageRecord],
+    out_folder: str | Path,
+    split: str,
+    config: ExtractConfig | None = None,
+    *,
+    progress: bool = True,
+    extractor: RegionExtractor | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> ExtractSummary:
+    """Extract one split's region features into SCAN's layout (see the module docstring).
+
+    Args:
+        records: The split's images, in the order to write them.
+        out_folder: Output folder (created if missing).
+        split: Output split name (``train``, ``dev``, ``test``, ...): the file name prefix.
+        config: Extraction settings; ``None`` uses the defaults.
+        progress: Show a progress bar and status lines on stderr (failures are reported always).
+        extractor: Loaded models to reuse; ``None`` loads them when there is work to do.
+        on_batch: Called as ``on_batch(done, total)`` after each batch is safely on disk.
+
+    Returns:
+        What was done: counts, failures, whether the result was cached or resumed, timing.
+
+    Raises:
+        DataError: a record has the wrong number of captions, an empty caption, a duplicate name.
+        ExtractionError: ``config.strict`` and some images could not be read (all are listed).
+    """
+    config = config or ExtractConfig()
+    config.validate()
+    start = time.perf_counter()
+    out = Path(out_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = _paths(out, split)
+    captions = _check_records(records, config, split)
+    fingerprint = _fingerprint(config, model_fingerprint(config), source_fingerprint(records))
+    n = len(records)
+
+    cached = _is_cached(paths, fingerprint)
+    if cached is not None:
+        if progress:
+            _log(f"{split}: {paths['ims']} is up to date ({cached['counts']['images']} images, same config and "
+                 "sources); nothing to do")
+        return ExtractSummary(
+            split=split, out_folder=out, num_images=cached["counts"]["images"],
+            num_captions=cached["counts"]["captions"], num_regions=cached["num_regions"],
+            feature_dim=cached["feature_dim"],
+            failed=[FailedImage(**f) for f in cached["failed"]], cached=True,
+            seconds=time.perf_counter() - start, mean_detected_regions=cached.get("mean_detected_regions"),
+        )
+
+    extractor = extractor or RegionExtractor(config)
+    if extractor.config.model_fields() != config.model_fields():
+        raise ValueError("the extractor was built for different model settings than this config")
+    r, f_dim = config.num_regions, extractor.feature_dim
+    dtype = np.dtype(config.dtype)
+
+    # Resume from a matching interrupted run, or start afresh.
+    done, failed, detected = 0, [], [0, 0]  # detected: (sum of detection regions, images)
+    ims = boxes_mm = None
+    try:
+        state = json.loads(paths["progress"].read_text(encoding="utf-8"))
+        if state.get("fingerprint") == fingerprint:
+            ims = np.lib.format.open_memmap(paths["ims_partial"], mode="r+")
+            boxes_mm = np.lib.format.open_memmap(paths["boxes_partial"], mode="r+")
+            if ims.shape != (n, r, f_dim) or ims.dtype != dtype or boxes_mm.shape != (n, r, 4):
+                raise ValueError("partial files do not match")
+            done = int(state["done"])
+            failed = [(int(x["index"]), FailedImage(x["filename"], x["reason"])) for x in state["failed"]]
+            detected = [int(x) for x in state["detected"]]
+            if len(detected) != 2:
+                raise ValueError("old progress format")
+    except (OSError, ValueError, KeyError, TypeError):
+        ims = boxes_mm = None
+        done, failed, detected = 0, [], [0, 0]
+    if ims is None:
+        paths["progress"].unlink(missing_ok=True)
+        ims = np.lib.format.open_memmap(paths["ims_partial"], mode="w+", dtype=dtype, shape=(n, r, f_dim))
+        boxes_mm = np.lib.format.open_memmap(paths["boxes_partial"], mode="w+", dtype=np.float32, shape=(n, r, 4))
+    elif progress:
+        _log(f"{split}: resuming an interrupted extraction at image {done} of {n}")
+    resumed_from = done
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, initial=done, desc=f"extract {split} ({config.mode})", unit="img", file=sys.stderr)
+    bs = config.batch_size
+    starts = list(range(done, n, bs))
+    with ThreadPoolExecutor(max_workers=1) as pool:  # decode + detect the next batch meanwhile
+        def submit(k: int) -> Any:
+            return pool.submit(_load_batch, records[starts[k]:starts[k] + bs], extractor) if k < len(starts) else None
+
+        pending = submit(0)
+        for k, lo in enumerate(starts):
+            hi = min(lo + bs, n)
+            loaded = pending.result()
+            pending = submit(k + 1)
+            for i, item in zip(range(lo, hi), loaded, strict=True):
+                if isinstance(item, ImageLoadError):
+                    failed.append((i, FailedImage(records[i].filename, str(item))))
+                    _log(f"{split}: skipping unreadable image {records[i].filename}: {item}")
+                    continue
+                im, bx, n_det = item
+                ims[i] = extractor.features(im, bx).astype(dtype)
+                boxes_mm[i] = bx
+                detected[0] += int(n_det)
+                detected[1] += 1
+            ims.flush()
+            boxes_mm.flush()
+            done = hi
+            _write_json_atomic(paths["progress"], {
+                "fingerprint": fingerprint, "done": done,
+                "failed": [{"index": i, **asdict(fi)} for i, fi in failed], "detected": detected,
+            })
+            if bar is not None:
+                bar.update(hi - lo)
+            if on_batch is not None:
+                on_batch(done, n)
+    if bar is not None:
+        bar.close()
+    processed = n - resumed_from
+
+    failed_idx = {i for i, _ in failed}
+    failed_list = [fi for _, fi in sorted(failed, key=lambda t: t[0])]
+    if failed_list:
+        listing = "\n".join(f"  {fi.filename}: {fi.reason}" for fi in failed_list)
+        if config.strict:
+            del ims, boxes_mm
+            raise ExtractionError(
+                f"{split}: {len(failed_list)} of {n} images could not be read (strict mode; the others are "
+                f"extracted and kept in {paths['ims_partial']}, rerun without --strict to skip the bad ones):\n"
+                f"{listing}", failed_list)
+        _log(f"{split}: left out {len(failed_list)} unreadable image(s) and their captions:\n{listing}")
+
+    keep = [i for i in range(n) if i not in failed_idx]
+    if not keep:
+        del ims, boxes_mm
+        raise ExtractionError(f"{split}: none of the {n} images could be read", failed_list)
+    if failed_idx:  # compact the rows of the good images into new files, in chunks
+        for key, src in (("ims", ims), ("boxes", boxes_mm)):
+            tmp = paths[key].with_name(paths[key].name + ".compact")
+            dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(keep),) + src.shape[1:])
+            for a in range(0, len(keep), 1024):
+                dst[a:a + 1024] = src[keep[a:a + 1024]]
+            dst.flush()
+            del dst
+            os.replace(tmp, paths[key])
+        del ims, boxes_mm
+        paths["ims_partial"].unlink()
+        paths["boxes_partial"].unlink()
+    else:
+        del ims, boxes_mm
+        os.replace(paths["ims_partial"], paths["ims"])
+        os.replace(paths["boxes_partial"], paths["boxes"])
+    _write_text_atomic(paths["caps"], [c for i in keep for c in captions[i]])
+    _write_text_atomic(paths["ids"], [records[i].filename for i in keep])
+    mean_detected = (round(detected[0] / detected[1], 4) if config.mode == "bottomup" and detected[1] else None)
+    record = {
+        "format": FORMAT,
+        "split": split,
+        "fingerprint": fingerprint,
+        "config": asdict(config),
+        "mode": config.mode,
+        "num_regions": r,
+        "feature_dim": f_dim,
+        "dtype": config.dtype,
+        "captions_per_image": config.captions_per_image,
+        "models": extractor.model_info(),
+        "model_files_sha256": model_fingerprint(config),
+        "counts": {"source_images": n, "images": len(keep), "captions": len(keep) * config.captions_per_image,
+                   "failed": len(failed_list)},
+        "failed": [asdict(fi) for fi in failed_list],
+        "mean_detected_regions": mean_detected,
+        "files": {k: paths[k].name for k in ("ims", "boxes", "caps", "ids")},
+        "boxes": "pixel x1, y1, x2, y2 in the original image (EXIF-upright)",
+        "versions": _versions(),
+    }
+    _write_json_atomic(paths["json"], record)
+    paths["progress"].unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    summary = ExtractSummary(
+        split=split, out_folder=out, num_images=len(keep), num_captions=len(keep) * config.captions_per_image,
+        num_regions=r, feature_dim=f_dim, failed=failed_list, resumed_from=resumed_from, seconds=seconds,
+        seconds_per_image=seconds / max(processed, 1), mean_detected_regions=mean_detected,
+    )
+    if progress:
+        _log(f"{split}: wrote {len(keep)} images x {r} regions x {f_dim} ({config.dtype}) to {paths['ims']} "
+             f"in {seconds:.1f} s ({summary.seconds_per_image:.3f} s/image)")
+    return summary
+
+
+def _versions() -> dict[str, str]:
+    versions = {"numpy": np.__version__, "torch": torch.__version__.split("+")[0]}
+    try:
+        import cv2
+
+        versions["opencv"] = cv2.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def extract_dataset(
+    source: str | Path,
+    out_folder: str | Path,
+    config: ExtractConfig | None = None,
+    splits: Sequence[str] | None = None,
+    *,
+    progress: bool = True,
+    records: Sequence[ImageRecord] | None = None,
+    dev: int | float | None = None,
+    test: int | float | None = None,
+    seed: int = 0,
+) -> dict[str, ExtractSummary]:
+    """Extract every split of a collection (a folder or a ``dataset_*.json``; see
+    :func:`scan.data.raw.read_image_folder`).
+
+    Args:
+        source: Folder of images with ``dataset_*.json`` or ``captions.txt``, or the JSON itself.
+        out_folder: Output folder.
+        config: Extraction settings.
+        splits: Output split names (``train``, ``dev``, ``test``, ``testall``, ``restval``,
+            :data:`scan.data.raw.SPLIT_ALIASES`); ``None``: those of ``train``, ``dev``, ``test``
+            that have images. ``train`` includes ``restval``, ``dev`` is the JSON's ``val``.
+        records: Already-read records (skips reading ``source``).
+        dev, test, seed: Split sizes and seed for a collection without splits (Kaggle layout).
+
+    Returns:
+        The summary of each split, by output name.
+    """
+    config = config or ExtractConfig()
+    config.validate()
+    if records is None:
+        records = read_image_folder(source, captions_per_image=config.captions_per_image, dev=dev, test=test,
+                                    seed=seed)
+    by_split = {name: select_split(records, name) for name in (splits or DEFAULT_SPLITS)}
+    if splits is None:
+        by_split = {k: v for k, v in by_split.items() if v}
+    for name, recs in by_split.items():
+        if not recs:
+            present = sorted({r.split for r in records})
+            raise DataError(f"split {name!r} has no images (the source has splits {present})", path=source)
+    extractor: RegionExtractor | None = None
+    summaries = {}
+    for name, recs in by_split.items():
+        # Load the models only once, and only if some split has work to do.
+        fp = _fingerprint(config, model_fingerprint(config), source_fingerprint(recs))
+        if extractor is None and _is_cached(_paths(Path(out_folder), name), fp) is None:
+            extractor = RegionExtractor(config)
+        summaries[name] = extract_split(recs, out_folder, name, config, progress=progress, extractor=extractor)
+    return summaries

@@ -1,0 +1,114 @@
+"""The SCAN model with a split interface: encode each side once, score many pairs.
+
+`encode_image` and `encode_text` map raw inputs to sets of unit vectors; `similarity` scores
+every image of one set against every caption of another with Stacked Cross Attention (paper
+section 3.1 for i2t, 3.2 for t2i). Evaluation and retrieval encode a gallery once and call
+`score_matrix`; training calls `forward`, which returns the batch's `(B, B)` score matrix.
+
+`GlobalEmbedding` is the VSE++-style baseline the paper compares against: regions and words
+mean-pooled into one vector each, scored by cosine. It shares the encoders and the interface
+(an embedding is a "set" of one vector), so the same recipe trains and evaluates both.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scan.config import ModelConfig
+from scan.models.image_encoder import ImageEncoder
+from scan.models.text_encoder import GRUTextEncoder
+from scan.similarity import dispatch
+
+
+def build_text_encoder(config: ModelConfig) -> nn.Module:
+    if config.text_encoder == "gru":
+        if config.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (from the vocabulary) for the GRU text encoder")
+        return GRUTextEncoder(
+            vocab_size=config.vocab_size,
+            word_dim=config.word_dim,
+            embed_dim=config.embed_dim,
+            num_layers=config.num_layers,
+            bidirectional=config.bidirectional,
+        )
+    if config.text_encoder == "minilm":
+        from scan.models.pretrained_text import MiniLMTextEncoder
+
+        return MiniLMTextEncoder(embed_dim=config.embed_dim, freeze=config.freeze_text)
+    raise ValueError(f"model.text_encoder must be 'gru' or 'minilm', got {config.text_encoder!r}")
+
+
+class SCAN(nn.Module):
+    """Stacked Cross Attention between image regions and caption words."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.image_encoder = ImageEncoder(
+            image_dim=config.image_dim, embed_dim=config.embed_dim, weight_norm=config.image_weight_norm
+        )
+        self.text_encoder = build_text_encoder(config)
+        self.scoring_backend = "auto"  # set by the caller: "auto", "torch" or "triton"
+
+    @property
+    def attention_options(self) -> dict:
+        c = self.config
+        return dict(direction=c.direction, norm=c.raw_feature_norm, smooth=c.lambda_softmax, agg=c.agg, lambda_lse=c.lambda_lse)
+
+    def encode_image(self, features: torch.Tensor) -> torch.Tensor:
+        """`(N, R, F)` region features -> `(N, R, D)` unit region vectors."""
+        return self.image_encoder(features)
+
+    def encode_text(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(M, W)` token ids and `(M,)` lengths -> `(M, W, D)` unit word vectors and `(M, W)` mask."""
+        return self.text_encoder(tokens, lengths)
+
+    def similarity(self, images: torch.Tensor, captions: torch.Tensor, caption_mask: torch.Tensor) -> torch.Tensor:
+        """Differentiable `(N, M)` scores of encoded images against encoded captions."""
+        return dispatch.batch_scores(
+            images.float(), captions.float(), caption_mask, backend=self.scoring_backend, **self.attention_options
+        )
+
+    @torch.no_grad()
+    def score_matrix(self, images: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, **kwargs) -> torch.Tensor:
+        """`(N, M)` float32 CPU scores of a whole encoded gallery, tiled to bounded memory."""
+        kwargs.setdefault("backend", self.scoring_backend)
+        return dispatch.score_matrix(images, captions, lengths, **self.attention_options, **kwargs)
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """A training batch (caption k paired with image k) -> its `(B, B)` score matrix."""
+        images = self.encode_image(features)  # (B, R, D)
+        captions, mask = self.encode_text(tokens, lengths)  # (B, W, D), (B, W)
+        return self.similarity(images, captions, mask)
+
+
+class GlobalEmbedding(SCAN):
+    """VSE++-style baseline: mean-pooled regions and words, one unit vector each, cosine score."""
+
+    def encode_image(self, features: torch.Tensor) -> torch.Tensor:
+        regions = self.image_encoder(features)  # (N, R, D)
+        return F.normalize(regions.mean(dim=1, keepdim=True), dim=-1)  # (N, 1, D)
+
+    def encode_text(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        words, mask = self.text_encoder(tokens, lengths)  # (M, W, D), (M, W)
+        summed = (words * mask[..., None]).sum(dim=1, keepdim=True)  # (M, 1, D)
+        pooled = F.normalize(summed / mask.sum(dim=1)[:, None, None].clamp(min=1), dim=-1)
+        return pooled, torch.ones(pooled.shape[:2], dtype=torch.bool, device=pooled.device)
+
+    def similarity(self, images: torch.Tensor, captions: torch.Tensor, caption_mask: torch.Tensor) -> torch.Tensor:
+        return images[:, 0].float() @ captions[:, 0].float().T  # (N, M)
+
+    @torch.no_grad()
+    def score_matrix(self, images: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, **kwargs) -> torch.Tensor:
+        return (images[:, 0].float() @ captions[:, 0].float().T).cpu()
+
+
+ARCHITECTURES = {"scan": SCAN, "vse": GlobalEmbedding}
+
+
+def build_model(config: ModelConfig) -> SCAN:
+    if config.architecture not in ARCHITECTURES:
+        raise ValueError(f"model.architecture must be one of {sorted(ARCHITECTURES)}, got {config.architecture!r}")
+    return ARCHITECTURES[config.architecture](config)

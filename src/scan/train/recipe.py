@@ -1,0 +1,313 @@
+"""The training recipe: setup, train, validate, save, as flat functions (paper section 4.1).
+
+Adam with step decay, gradient-norm clipping, the hardest-negative triplet loss, validation
+rsum at the end of every epoch (and every N steps if asked), the best checkpoint kept by rsum.
+Everything a run needs to continue is checkpointed: model, optimizer, step, epoch, position
+inside the epoch, best rsum and RNG state, so `scan train --resume` after a crash or Ctrl-C
+finishes with exactly the steps an uninterrupted run takes. The run directory holds the
+resolved `config.yaml`, `vocab.json`, `metrics.jsonl` and `checkpoints/{latest,best}`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from scan.config import Config, ConfigError, config_from_dict, dump_config
+from scan.data.collate import CaptionDataset, collate_captions
+from scan.data.precomp import PrecompSplit
+from scan.evaluate.encode import encode_split, score_split
+from scan.evaluate.metrics import retrieval_metrics
+from scan.losses import triplet_loss
+from scan.models.scan import SCAN, build_model
+from scan.models.tokenizers import build_tokenizer
+from scan.train import checkpoint as ckpt
+from scan.train.devices import autocast, resolve_device, resolve_precision
+from scan.train.schedule import EpochBatches, learning_rate
+
+# Fields that may differ between a run and its resumption without changing what is computed.
+# Fields that setup fills in from the data, so a fresh config does not know them yet.
+DERIVED_FIELDS = {"model.vocab_size", "model.image_dim"}
+RESUMABLE_FIELDS = {"train.device", "train.progress", "train.epochs", "train.max_steps", "data.workers", "train.scoring_backend"}
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; `setup` builds it, `train` advances it."""
+
+    config: Config
+    run_dir: Path
+    device: torch.device
+    precision: str
+    model: SCAN
+    optimizer: torch.optim.Optimizer
+    tokenizer: Any
+    train_set: CaptionDataset
+    val_split: PrecompSplit | None
+    steps_per_epoch: int
+    total_steps: int
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # current epoch (0-based)
+    batch_in_epoch: int = 0  # batches of the current epoch already trained on
+    best_rsum: float = -math.inf
+    best_step: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+def _log(run: Run, record: dict[str, Any]) -> None:
+    """Append one JSON line to metrics.jsonl (flushed: a crash loses at most the current line)."""
+    run.history.append(record)
+    with open(run.run_dir / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+
+
+def _config_differences(saved: Config, wanted: Config) -> list[str]:
+    out = []
+    for section, values in wanted.to_dict().items():
+        for key, value in values.items():
+            old = saved.to_dict()[section][key]
+            if old != value and f"{section}.{key}" not in RESUMABLE_FIELDS | DERIVED_FIELDS:
+                out.append(f"{section}.{key}: {old!r} -> {value!r}")
+    return out
+
+
+def setup(config: Config, *, resume: bool = False) -> Run:
+    """Build data, vocabulary, model and optimizer; restore the latest checkpoint if resuming."""
+    run_dir = Path(config.train.run_dir)
+    latest = run_dir / "checkpoints" / "latest"
+    if latest.exists() and not resume:
+        raise ConfigError(
+            f"{run_dir} already holds a run (checkpoints/latest); pass --resume to continue it, "
+            "or choose another train.run_dir"
+        )
+    if resume:
+        if not latest.exists():
+            raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume (checkpoints/latest is missing)")
+        saved = config_from_dict(ckpt.read_state(latest)["config"], source=str(latest / ckpt.STATE_FILE))
+        differences = _config_differences(saved, config)
+        if differences:
+            raise ConfigError("--resume with a different config would not continue the same run: " + "; ".join(differences))
+        for key in RESUMABLE_FIELDS:
+            section, name = key.split(".")
+            setattr(getattr(saved, section), name, getattr(getattr(config, section), name))
+        config = saved
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.train.seed)
+
+    if not config.data.path:
+        raise ConfigError("data.path is empty: point it at a folder of {split}_ims.npy and {split}_caps.txt")
+    train_split = PrecompSplit.open(config.data.path, config.data.train_split)
+    val_split = PrecompSplit.open(config.data.path, config.data.val_split) if config.data.val_split else None
+
+    vocab_path = run_dir / ckpt.VOCAB_FILE
+    tokenizer = build_tokenizer(
+        config,
+        train_captions=train_split.captions,
+        vocab_file=config.data.vocab or (str(vocab_path) if resume else ""),
+    )
+    tokenizer.save(vocab_path)
+    config.model.vocab_size = len(tokenizer)
+    config.model.image_dim = train_split.feature_dim
+
+    device = resolve_device(config.train.device)
+    precision = resolve_precision(config.train.precision, device)
+    model = build_model(config.model).to(device)
+    model.scoring_backend = config.train.scoring_backend
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.train.lr)
+
+    train_set = CaptionDataset(train_split, tokenizer)
+    steps_per_epoch = EpochBatches.batches_per_epoch(len(train_set), config.data.batch_size)
+    total_steps = steps_per_epoch * config.train.epochs
+    if config.train.max_steps > 0:
+        total_steps = min(total_steps, config.train.max_steps)
+    run = Run(
+        config=config,
+        run_dir=run_dir,
+        device=device,
+        precision=precision,
+        model=model,
+        optimizer=optimizer,
+        tokenizer=tokenizer,
+        train_set=train_set,
+        val_split=val_split,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+    )
+    if resume:
+        _restore(run, latest)
+    ckpt.write_text_atomic(run_dir / ckpt.CONFIG_FILE, dump_config(config))
+    return run
+
+
+def _restore(run: Run, folder: Path) -> None:
+    state = ckpt.read_state(folder)
+    ckpt.load_weights(folder, run.model)
+    ckpt.load_optimizer(folder, run.optimizer, state)
+    ckpt.set_rng_state(state["rng"])
+    run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+    run.best_rsum, run.best_step = state["best_rsum"], state["best_step"]
+    # Lines logged after this checkpoint belong to the lost part of the run: drop them.
+    log = run.run_dir / "metrics.jsonl"
+    if log.exists():
+        kept = [line for line in log.read_text().splitlines() if line and json.loads(line).get("step", 0) <= run.step]
+        ckpt.write_text_atomic(log, "".join(line + "\n" for line in kept))
+        run.history = [json.loads(line) for line in kept]
+
+
+def save(run: Run, *, is_best: bool = False) -> Path:
+    """Checkpoint the run as `checkpoints/step-N`, point `latest` (and `best`) at it, prune the rest."""
+    state = {
+        "step": run.step,
+        "epoch": run.epoch,
+        "batch_in_epoch": run.batch_in_epoch,
+        "best_rsum": run.best_rsum,
+        "best_step": run.best_step,
+        "rng": ckpt.rng_state(),
+        "config": run.config.to_dict(),
+    }
+    folder = ckpt.save_checkpoint(
+        run.checkpoint_dir / f"step-{run.step:08d}",
+        model=run.model,
+        optimizer=run.optimizer,
+        state=state,
+        config_yaml=dump_config(run.config),
+        vocab_json=run.tokenizer.to_json(),
+    )
+    ckpt.point_link(run.checkpoint_dir / "latest", folder)
+    if is_best:
+        ckpt.point_link(run.checkpoint_dir / "best", folder)
+    keep = {p.resolve() for p in (run.checkpoint_dir / "latest", run.checkpoint_dir / "best") if p.exists()}
+    for old in run.checkpoint_dir.glob("step-*"):
+        if old.resolve() not in keep:
+            ckpt.shutil.rmtree(old)
+    return folder
+
+
+def validate(run: Run) -> dict[str, float]:
+    """Recall metrics on the validation split (its first `val_max_images` images)."""
+    encoded = encode_split(
+        run.model,
+        run.val_split,
+        run.tokenizer,
+        device=run.device,
+        precision=run.precision,
+        batch_size=run.config.data.batch_size,
+        max_images=run.config.data.val_max_images,
+    )
+    scores = score_split(run.model, encoded, device=run.device)
+    run.model.train()
+    return retrieval_metrics(scores, encoded.caption_image)
+
+
+def _validate_and_save(run: Run) -> None:
+    if run.val_split is None:
+        save(run)
+        return
+    metrics = validate(run)
+    is_best = metrics["rsum"] > run.best_rsum
+    if is_best:
+        run.best_rsum, run.best_step = metrics["rsum"], run.step
+    _log(run, {"step": run.step, "epoch": run.epoch, "split": run.config.data.val_split, **metrics})
+    save(run, is_best=is_best)
+
+
+def _train_step(run: Run, batch) -> dict[str, float]:
+    batch = batch.to(run.device)
+    with autocast(run.device, run.precision):
+        scores = run.model(batch.images, batch.tokens, batch.lengths)  # (B, B)
+    terms = triplet_loss(
+        scores.float(), margin=run.config.train.margin, max_violation=run.config.train.max_violation, image_ids=batch.image_ids
+    )
+    run.optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    grad_norm = torch.tensor(0.0)
+    if run.config.train.grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.train.grad_clip)
+    run.optimizer.step()
+    return {name: value.item() for name, value in terms.items()} | {"grad_norm": float(grad_norm)}
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str, Any]:
+    """Train until `total_steps`; Ctrl-C or SIGTERM checkpoints first, so `--resume` loses nothing.
+
+    Args:
+        on_step: called after every optimizer step (tests use it to interrupt a run).
+    """
+    config = run.config
+    every = config.train.val_every_steps
+    checkpoint_every = config.train.checkpoint_every_steps
+    run.model.train()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    bar = tqdm(total=run.total_steps, initial=run.step, disable=not config.train.progress, desc="train", unit="step")
+    started = time.time()
+    try:
+        while run.step < run.total_steps:
+            lr = learning_rate(base=config.train.lr, epoch=run.epoch, decay_epochs=config.train.lr_decay_epochs, decay=config.train.lr_decay)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            batches = EpochBatches(
+                num_items=len(run.train_set), batch_size=config.data.batch_size, seed=config.train.seed, epoch=run.epoch, start=run.batch_in_epoch
+            )
+            loader = DataLoader(
+                run.train_set,
+                batch_sampler=batches,
+                collate_fn=collate_captions,
+                num_workers=config.data.workers,
+                pin_memory=run.device.type == "cuda",
+            )
+            for batch in loader:
+                values = _train_step(run, batch)
+                run.step += 1
+                run.batch_in_epoch += 1
+                bar.update(1)
+                bar.set_postfix(epoch=run.epoch, loss=f"{values['loss']:.3f}", best_rsum=f"{max(run.best_rsum, 0):.1f}")
+                if run.step % config.train.log_every_steps == 0:
+                    _log(run, {"step": run.step, "epoch": run.epoch, "lr": lr, "time": round(time.time() - started, 2), **values})
+                if on_step is not None:
+                    on_step(run)
+                end_of_epoch = run.batch_in_epoch == run.steps_per_epoch
+                if end_of_epoch:
+                    run.epoch += 1
+                    run.batch_in_epoch = 0
+                if end_of_epoch or (every and run.step % every == 0) or run.step == run.total_steps:
+                    _validate_and_save(run)
+                elif checkpoint_every and run.step % checkpoint_every == 0:
+                    save(run)
+                if run.step >= run.total_steps:
+                    break
+    except KeyboardInterrupt:
+        bar.close()
+        save(run)
+        print(f"\ninterrupted at step {run.step}; checkpoint saved. Continue with: scan train --resume --run-dir {run.run_dir}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        bar.close()
+    return {"steps": run.step, "best_rsum": run.best_rsum, "best_step": run.best_step, "run_dir": str(run.run_dir)}
+
+
+def cleanup(run: Run) -> None:
+    """Release the data-loader workers and device memory held by a run."""
+    del run.optimizer
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()

