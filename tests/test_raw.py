@@ -120,11 +120,11 @@ def test_csv_caption_count(tmp_path):
                       ["a.jpg", "b.jpg"])
     with pytest.raises(DataError, match=r"captions\.txt:7: image 'b.jpg' has 4 caption\(s\), needs 5"):
         read_kaggle_captions(root)
-    with pytest.warns(UserWarning, match="keeping the first 4"):
+    with pytest.warns(UserWarning, match=r"1 image\(s\) have more than 4 captions; keeping the first 4"):
         assert len(read_kaggle_captions(root, captions_per_image=4)[0].captions) == 4  # extras truncated
     assert [len(r.captions) for r in read_kaggle_captions(root, captions_per_image=None)] == [5, 4]
     root6 = _write_csv(tmp_path / "six", "image,caption\n" + _csv_rows("a.jpg", CAPS + ["Sixth ."]), ["a.jpg"])
-    with pytest.warns(UserWarning, match="has 6 captions; keeping the first 5"):
+    with pytest.warns(UserWarning, match=r"more than 5 captions; keeping the first 5 of each: 'a.jpg' \(6\)"):
         records = read_kaggle_captions(root6)
     assert records[0].captions == CAPS
 

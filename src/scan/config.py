@@ -26,6 +26,9 @@ class DataConfig:
     batch_size: int = 128  # captions per training batch (each with its image)
     workers: int = 2  # data-loader worker processes
     val_max_images: int = 0  # evaluate on the first K dev images only (0: all); COCO used 1000
+    # How the features were made from photos ({split}_extract.json's settings; empty for the
+    # released features), so `scan eval` can featurise a new folder of photos the same way.
+    extract: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +99,10 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(current, dict):
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
     if isinstance(current, str):
         return "" if value is None else str(value)
     return value

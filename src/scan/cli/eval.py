@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from scan.cli.common import report_user_errors
+from scan.config import ConfigError
 from scan.data.precomp import PrecompSplit
 from scan.evaluate.encode import encode_split, score_split
 from scan.evaluate.protocols import PROTOCOLS, ensemble_scores, evaluate_scores
@@ -37,8 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", action="append", required=True, help="run directory or checkpoint folder (repeatable)")
     parser.add_argument("--name", action="append", help="a display name per --model (default: the folder name)")
-    parser.add_argument("--data", required=True, help="folder of the precomputed layout")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="folder of the precomputed layout, or of photos (captions.txt or dataset_*.json): "
+        "photos are featurised as the models' training features were, and cached",
+    )
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test); 'all' takes every photo of a folder")
+    parser.add_argument("--features-cache", default="", help="where features of a photo folder go (default: ~/.cache/scan/features)")
     parser.add_argument("--protocol", action="append", choices=PROTOCOLS, help="repeatable (default: all)")
     parser.add_argument("--ensemble", action="store_true", help="also evaluate the average of the models' scores")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
@@ -70,6 +77,42 @@ def evaluate_models(models, names, split: PrecompSplit, *, protocols, ensemble, 
     return results
 
 
+def features_for_models(data: Path, split: str, models, *, cache: str = "") -> tuple[Path, str]:
+    """The precomputed folder to read: `data` itself, or features extracted from its photos.
+
+    Photos must be featurised exactly as the models' training photos were, so the extraction
+    settings come from the models (`data.extract` in their config), and all models must agree.
+    """
+    if (data / f"{split}_ims.npy").exists() or not data.exists() or (data / "train_ims.npy").exists():
+        return data, split
+    import hashlib
+    import json
+
+    from scan.data.raw import read_image_folder
+    from scan.features.extract import ExtractConfig, extract_dataset
+
+    settings = [m.config.data.extract for m in models]
+    if not settings[0]:
+        raise ConfigError(
+            f"{data} holds photos, but {models[0].folder} was trained on precomputed features of unknown "
+            "provenance; extract features for it yourself (scan extract) and pass that folder"
+        )
+    if any(s != settings[0] for s in settings):
+        raise ConfigError("the models were trained on features extracted with different settings; evaluate them separately")
+    known = set(ExtractConfig.__dataclass_fields__)
+    config = ExtractConfig(**{k: v for k, v in settings[0].items() if k in known})
+    records = read_image_folder(data)
+    if split == "all":
+        for record in records:
+            record.split = "test"
+        split = "test"
+    key = hashlib.sha256(json.dumps([str(data.resolve()), split, settings[0]], sort_keys=True).encode()).hexdigest()[:12]
+    out = Path(cache or Path.home() / ".cache" / "scan" / "features") / f"{data.resolve().name}-{key}"
+    print(f"featurising {data} ({split}) as the models were trained -> {out}")
+    extract_dataset(data, out, config, splits=[split], records=records)
+    return out, split
+
+
 def _row(name: str, protocol: str, protocols: list[str]) -> str:
     return name if len(protocols) == 1 else f"{name} [{protocol}]"
 
@@ -84,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = resolve_device(args.device)
     models = [load_model(path, device=device) for path in args.model]
-    split = PrecompSplit.open(args.data, args.split)
+    folder, split_name = features_for_models(Path(args.data), args.split, models, cache=args.features_cache)
+    split = PrecompSplit.open(folder, split_name)
     results = evaluate_models(
         models, names, split, protocols=protocols, ensemble=args.ensemble, device=device, backend=args.backend, batch_size=args.batch_size
     )

@@ -53,13 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float16"), default=d.dtype,
                    help="stored feature dtype; float16 halves the disk (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
-                   help="images per decode/detect/checkpoint step (default: %(default)s)")
+                   help="images per checkpoint: an interrupted run resumes from the last one (default: %(default)s)")
     p.add_argument("--num-regions", type=int, default=d.num_regions, metavar="R",
                    help="regions per image (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=d.image_size, metavar="PX",
                    help="shorter side of the backbone input in pixels (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=d.num_threads, metavar="N",
-                   help="torch threads for the backbone; 0: one less than the CPUs (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers, metavar="N",
+                   help="images processed at once, one CPU thread each; 0: one per CPU (default: %(default)s)")
     p.add_argument("--strict", action="store_true",
                    help="fail (listing all of them) on unreadable images instead of skipping them")
     p.add_argument("--dev", type=float, default=None, metavar="N",
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config = ExtractConfig(
         mode=args.mode, num_regions=args.num_regions, image_size=args.image_size, dtype=args.dtype,
-        batch_size=args.batch_size, num_threads=args.threads, strict=args.strict,
+        batch_size=args.batch_size, workers=args.workers, strict=args.strict,
     )
     try:
         config.validate()

@@ -75,10 +75,10 @@ def _normalise_caption(text: str) -> str:
 
 def _fix_caption_count(
     record: ImageRecord, captions_per_image: int | None, *, path: Path, line: int | None, field: str | None
-) -> None:
-    """Truncate extra captions with a warning; raise when there are too few."""
+) -> int:
+    """Truncate extra captions (returns how many the image had, 0 if none were cut); raise on too few."""
     if captions_per_image is None:
-        return
+        return 0
     n = len(record.captions)
     if n < captions_per_image:
         raise DataError(
@@ -87,11 +87,21 @@ def _fix_caption_count(
             path=path, line=line, field=field,
         )
     if n > captions_per_image:
+        record.captions = record.captions[:captions_per_image]
+        return n
+    return 0
+
+
+def _warn_truncated(path: Path, truncated: list[tuple[str, int]], captions_per_image: int | None) -> None:
+    """One warning for all images whose extra captions were dropped (COCO has a few hundred)."""
+    if truncated:
+        examples = ", ".join(f"{name!r} ({n})" for name, n in truncated[:3])
+        more = f" and {len(truncated) - 3} more" if len(truncated) > 3 else ""
         warnings.warn(
-            f"{path}: image {record.filename!r} has {n} captions; keeping the first {captions_per_image}",
+            f"{path}: {len(truncated)} image(s) have more than {captions_per_image} captions; keeping the first "
+            f"{captions_per_image} of each: {examples}{more}",
             stacklevel=3,
         )
-        record.captions = record.captions[:captions_per_image]
 
 
 def read_karpathy_json(
@@ -128,6 +138,7 @@ def read_karpathy_json(
     folder = Path(image_folder) if image_folder is not None else _guess_image_folder(json_path.parent)
     records: list[ImageRecord] = []
     seen: dict[str, int] = {}
+    truncated: list[tuple[str, int]] = []
     for i, entry in enumerate(data["images"]):
         where = f"images[{i}]"
         if not isinstance(entry, dict):
@@ -167,8 +178,11 @@ def read_karpathy_json(
         if check_files and not image_path.is_file():
             raise DataError(f"image file not found: {image_path}", path=json_path, field=f"{where}.filename")
         record = ImageRecord(filename=filename, path=image_path, split=split, captions=captions)
-        _fix_caption_count(record, captions_per_image, path=json_path, line=None, field=f"{where}.sentences")
+        if n := _fix_caption_count(record, captions_per_image, path=json_path, line=None,
+                                   field=f"{where}.sentences"):
+            truncated.append((filename, n))
         records.append(record)
+    _warn_truncated(json_path, truncated, captions_per_image)
     return records
 
 
@@ -243,8 +257,11 @@ def read_kaggle_captions(
             records[name].captions.append(caption)
     if not records:
         raise DataError("no caption rows after the header", path=csv_path, line=2)
+    truncated: list[tuple[str, int]] = []
     for name, record in records.items():
-        _fix_caption_count(record, captions_per_image, path=csv_path, line=first_line[name], field=None)
+        if n := _fix_caption_count(record, captions_per_image, path=csv_path, line=first_line[name], field=None):
+            truncated.append((name, n))
+    _warn_truncated(csv_path, truncated, captions_per_image)
     return list(records.values())
 
 

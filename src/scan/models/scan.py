@@ -20,6 +20,7 @@ from scan.config import ModelConfig
 from scan.models.image_encoder import ImageEncoder
 from scan.models.text_encoder import GRUTextEncoder
 from scan.similarity import dispatch
+from scan.similarity.functional import attend
 
 
 def build_text_encoder(config: ModelConfig) -> nn.Module:
@@ -76,6 +77,27 @@ class SCAN(nn.Module):
         """`(N, M)` float32 CPU scores of a whole encoded gallery, tiled to bounded memory."""
         kwargs.setdefault("backend", self.scoring_backend)
         return dispatch.score_matrix(images, captions, lengths, **self.attention_options, **kwargs)
+
+    @torch.no_grad()
+    def attention_weights(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Where one caption looks in one image, for drawing (paper Fig. 1 and 5).
+
+        Args:
+            features: `(R, F)` region features of the image.
+            tokens: `(W,)` token ids of the caption.
+
+        Returns:
+            t2i: `(W, R)`, each word's attention over the regions; i2t: `(R, W)`, each region's
+            attention over the words.
+        """
+        regions = self.encode_image(features[None])  # (1, R, D)
+        words, mask = self.encode_text(tokens[None], torch.tensor([len(tokens)], device=tokens.device))  # (1, W, D)
+        c = self.config
+        if c.direction == "t2i":
+            _, weights = attend(words, regions, query_mask=mask, norm=c.raw_feature_norm, smooth=c.lambda_softmax)
+        else:
+            _, weights = attend(regions, words, context_mask=mask, norm=c.raw_feature_norm, smooth=c.lambda_softmax)
+        return weights[0].float()
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """A training batch (caption k paired with image k) -> its `(B, B)` score matrix."""

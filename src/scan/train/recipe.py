@@ -37,7 +37,7 @@ from scan.train.schedule import EpochBatches, learning_rate
 
 # Fields that may differ between a run and its resumption without changing what is computed.
 # Fields that setup fills in from the data, so a fresh config does not know them yet.
-DERIVED_FIELDS = {"model.vocab_size", "model.image_dim"}
+DERIVED_FIELDS = {"model.vocab_size", "model.image_dim", "data.extract"}
 RESUMABLE_FIELDS = {"train.device", "train.progress", "train.epochs", "train.max_steps", "data.workers", "train.scoring_backend"}
 
 
@@ -123,6 +123,9 @@ def setup(config: Config, *, resume: bool = False) -> Run:
     tokenizer.save(vocab_path)
     config.model.vocab_size = len(tokenizer)
     config.model.image_dim = train_split.feature_dim
+    extract_info = Path(config.data.path) / f"{config.data.train_split}_extract.json"
+    if extract_info.exists():  # features made by `scan extract`: remember how, for new photos
+        config.data.extract = json.loads(extract_info.read_text()).get("config", {})
 
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)

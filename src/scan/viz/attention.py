@@ -97,9 +97,9 @@ def attention_heatmap(
 ) -> np.ndarray:
     """Per-pixel attention mass: the summed weights of the boxes covering each pixel.
 
-    A box's indicator is separable (rows x columns), so the sum over boxes is one matrix product,
-    ``heat = (rows * w)^T @ cols`` with ``rows (R, H)`` and ``cols (R, W)``: ``O(R * H * W)`` flops
-    with no per-box Python loop (36 boxes on a 500x375 photo: a few milliseconds).
+    A box's indicator is separable (rows x columns), so the sum over boxes is one contraction,
+    ``heat[h, w] = sum_r w_r rows[r, h] cols[r, w]`` with ``rows (R, H)`` and ``cols (R, W)``: no
+    per-box Python loop, and soft borders come for free (36 boxes on a 500x375 photo: ~2 ms).
 
     Args:
         image_size: ``(H, W)`` in pixels.
@@ -127,8 +127,10 @@ def attention_heatmap(
         raise ValueError(f"edge must be >= 0, got {edge}")
     rows = _coverage(boxes[:, 1], boxes[:, 3], height, edge)  # (R, H)
     cols = _coverage(boxes[:, 0], boxes[:, 2], width, edge)  # (R, W)
-    # float32 product: a few times faster than float64, and ample for a picture.
-    heat = (rows * weights[:, None]).T.astype(np.float32) @ cols.astype(np.float32)  # (H, W)
+    # The product as numpy's own einsum loop, not BLAS: on a busy machine a multi-threaded BLAS
+    # spends tens of milliseconds on this small (H, R) x (R, W) product, einsum ~2 ms single-threaded.
+    weighted = (rows * weights[:, None]).astype(np.float32)  # (R, H)
+    heat = np.einsum("rh,rw->hw", weighted, cols.astype(np.float32), optimize=False)  # (H, W)
     if normalize:
         peak = heat.max(initial=0.0)
         if peak > 0:
@@ -409,9 +411,11 @@ def draw_region_attention(
     top = max(1, min(top, len(words))) if words else 0
 
     aspect = image.shape[0] / image.shape[1]
-    photo_w = 5.2
     rows = len(chosen)
-    row_h = max(0.32 * top + 0.55, photo_w * aspect / rows)
+    row_h = 0.32 * top + 0.6  # inches per region's word list
+    photo_w = float(np.clip(rows * row_h / aspect, 5.0, 8.0))  # as tall as the lists, within reason
+    row_h = max(row_h, photo_w * aspect / rows)
+    x_max = max(float(weights[chosen].max(initial=0.0)) * 1.3, 1e-6)  # one scale: bars comparable
     title = _figure_title(caption, score, width_chars=80)
     header = 0.0 if title is None else 0.32 * (title.count("\n") + 1) + 0.25
     fig = Figure(figsize=(photo_w + 3.6, rows * row_h + header + 0.1))
@@ -435,7 +439,7 @@ def draw_region_attention(
         ax.barh(np.arange(len(order)), values, color=colour, height=0.7)
         ax.set_yticks(np.arange(len(order)), [words[i] for i in order], fontsize=12)
         ax.invert_yaxis()
-        ax.set_xlim(0, 1.0 if len(values) == 0 else max(float(values.max()) * 1.3, 1e-6))
+        ax.set_xlim(0, x_max)
         ax.set_xticks([])
         for side in ("top", "right", "bottom"):
             ax.spines[side].set_visible(False)

@@ -77,8 +77,8 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def _auto_window(n: int) -> int:
-    """Light smoothing: about 1/25 of the points, between 1 and 101."""
-    return int(min(max(n // 25, 1), 101))
+    """Light smoothing: about 1/25 of the points, at least 3 once there are enough, at most 101."""
+    return int(min(max(n // 25, 3 if n >= 15 else 1), 101))
 
 
 def plot_training_curves(
