@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-
 from reference_scan import reference_scores
+
 from scan.similarity.functional import POOLINGS, RAW_FEATURE_NORMS, attend, cosine, pool
 from scan.similarity.torch import pairwise_scores, score_matrix
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -150,3 +148,8 @@ def test_config_errors_name_the_field(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="data.path"):
         recipe.setup(load_config(CONFIG, [f"train.run_dir={tmp_path}/x"]))
+
+
+def test_overrides_parse_numbers_like_a_person_writes_them():
+    config = load_config(CONFIG, ["train.lr=5e-3", "model.lambda_lse=20", "train.max_violation=false"])
+    assert config.train.lr == 0.005 and config.model.lambda_lse == 20.0 and config.train.max_violation is False

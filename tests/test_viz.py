@@ -24,7 +24,12 @@ from scan.viz.attention import (  # noqa: E402
     load_photo,
     word_panels,
 )
-from scan.viz.curves import moving_average, plot_training_curves, read_metrics, split_metrics  # noqa: E402
+from scan.viz.curves import (  # noqa: E402
+    moving_average,
+    plot_training_curves,
+    read_metrics,
+    split_metrics,
+)
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k-800" / "images"
 PHOTO = "1003163366_44323f5815.jpg"  # 500 x 410: a man on a bench, a dog below it

@@ -12,8 +12,8 @@ from scan.evaluate.protocols import ensemble_scores, evaluate_scores
 from scan.losses import triplet_loss
 from scan.models.loading import load_model
 from scan.models.scan import SCAN, GlobalEmbedding, build_model
-from scan.similarity.functional import attend
 from scan.similarity.dispatch import batch_scores, score_matrix
+from scan.similarity.functional import attend
 
 __all__ = [
     "SCAN",

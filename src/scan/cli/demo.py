@@ -14,12 +14,10 @@ trained twice, and an interrupted training run continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from scan.cli.common import report_user_errors
@@ -88,7 +86,11 @@ def extract_features(data: Path, out: Path, *, mode: str, progress: bool) -> Pat
     from scan.features.extract import ExtractConfig, extract_dataset
 
     features = out / f"features-{mode}"
-    summaries = extract_dataset(data, features, ExtractConfig(mode=mode), progress=progress)
+    threads = torch.get_num_threads()
+    try:
+        summaries = extract_dataset(data, features, ExtractConfig(mode=mode), progress=progress)
+    finally:
+        torch.set_num_threads(threads)  # extraction runs one thread per image worker; training wants them all
     for split, summary in summaries.items():
         print(f"  {split}: {summary}")
     return features

@@ -10,8 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from scan.cli.common import report_user_errors
 from scan.config import ConfigError
 from scan.data.precomp import PrecompSplit

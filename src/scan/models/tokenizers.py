@@ -12,7 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scan.config import Config
-from scan.data.vocab import Vocabulary, build_vocabulary, load_vocabulary, save_vocabulary
+from scan.data.vocab import (
+    Vocabulary,
+    build_vocabulary,
+    load_vocabulary,
+    save_vocabulary,
+)
 
 
 class VocabularyTokenizer:

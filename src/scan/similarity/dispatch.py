@@ -1,11 +1,173 @@
-"""TEMPORARY minimal dispatcher (to be replaced by the fast-scoring work)."""
+"""The one entry point for SCAN scores: picks the fastest available path (paper section 3).
+
+Everyone who needs scores calls this module, never a backend directly:
+- `score_matrix` for evaluation and retrieval: the `(N, M)` float32 CPU matrix of a gallery,
+  without gradients, in blocks of bounded memory.
+- `batch_scores` for training: the differentiable `(B, B')` matrix of a batch.
+
+Backends: `triton` (fused kernels, `scan.similarity.triton`; a CUDA device and the `triton`
+package) and `torch` (vectorised PyTorch, `scan.similarity.torch`; any device). `backend="auto"`
+takes the first of `available_backends(device)`, so a GPU with Triton gets the fused kernels and
+everything else the PyTorch path; a forced backend that cannot run raises `ValueError`.
+
+Precision: `fp32` is exact float32; `bf16` multiplies bf16-rounded embeddings with float32
+accumulation (everything after the raw scores stays float32); `tf32` lets the GPU's tensor
+cores round float32 inputs to tf32 (on the PyTorch path it is float32). `auto` is `bf16` for the
+Triton backend and `fp32` otherwise.
+"""
+
 from __future__ import annotations
+
+import torch
+
 from scan.similarity import torch as torch_path
+from scan.similarity.functional import check_attention_options
+
+BACKENDS = ("triton", "torch")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+
+# Memory budget of one block of the PyTorch path: a CPU wants its blocks in cache, a GPU wants
+# them large enough to fill the device.
+CPU_BLOCK_BUDGET_MB = 16.0
+GPU_BLOCK_BUDGET_MB = 1024.0
+TRITON_BUDGET_MB = 4096.0  # device copies of the embeddings (the kernel keeps no intermediates)
 
 
-def batch_scores(images, captions, caption_mask, *, backend="auto", precision="fp32", **attention):
-    return torch_path.pairwise_scores(images, captions, caption_mask, **attention)
+def _triton_module():
+    from scan.similarity import triton as triton_path
+
+    return triton_path
 
 
-def score_matrix(images, captions, caption_lengths, *, backend="auto", precision="fp32", memory_budget_mb=512.0, **attention):
-    return torch_path.score_matrix(images, captions, caption_lengths, memory_budget_mb=memory_budget_mb, **attention)
+def available_backends(device: torch.device | str) -> list[str]:
+    """The backends that can score on `device`, fastest first."""
+    device = torch.device(device)
+    backends = []
+    if device.type == "cuda" and torch.cuda.is_available() and _triton_module().triton_importable():
+        backends.append("triton")
+    backends.append("torch")
+    return backends
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """`auto` -> the fastest available backend; a forced one is checked, with a clear error.
+
+    A forced `triton` on the CPU is accepted under `TRITON_INTERPRET=1` (how the tests run the
+    kernels); `auto` never picks the interpreter.
+    """
+    device = torch.device(device)
+    available = available_backends(device)
+    if backend == "auto":
+        return available[0]
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if backend in available or (backend == "triton" and _triton_module().is_available(device)):
+        return backend
+    if backend == "triton" and not _triton_module().triton_importable():
+        reason = "the triton package is not installed (pip install 'scan[gpu]')"
+    else:
+        reason = f"it needs a CUDA device, and the scores are computed on {device}"
+    raise ValueError(f"backend 'triton' is unavailable: {reason}; available: {available}")
+
+
+def resolve_precision(precision: str, backend: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if backend == "triton" else "fp32"
+    return precision
+
+
+def _default_device(images: torch.Tensor) -> torch.device:
+    """Compute where the images are; CPU-resident embeddings still score on a GPU if there is one."""
+    if images.device.type != "cpu":
+        return images.device
+    return torch.device("cuda") if torch.cuda.is_available() else images.device
+
+
+@torch.no_grad()
+def score_matrix(
+    images: torch.Tensor,
+    captions: torch.Tensor,
+    caption_lengths: torch.Tensor,
+    *,
+    direction: str = "t2i",
+    norm: str = "clipped_l2norm",
+    smooth: float = 9.0,
+    agg: str = "Mean",
+    lambda_lse: float = 6.0,
+    backend: str = "auto",
+    precision: str = "auto",
+    memory_budget_mb: float | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The `(N, M)` float32 CPU score matrix of a whole gallery, for evaluation and retrieval.
+
+    Args:
+        images: `(N, R, D)` region embeddings (any device).
+        captions: `(M, W, D)` word embeddings, padded (any device).
+        caption_lengths: `(M,)` number of real words of each caption (at least 1).
+        direction, norm, smooth, agg, lambda_lse: the attention options (see `functional`).
+        backend: `auto`, `triton` or `torch`.
+        precision: `auto`, `fp32`, `tf32` or `bf16`.
+        memory_budget_mb: bound on the memory one block of work holds; by default a few MB on
+            a CPU (cache-sized blocks), about 1 GB on a GPU, 4 GB of embeddings for Triton.
+        device: where to compute; by default the images' device, or the GPU when the images are
+            on the CPU and a GPU exists.
+    """
+    check_attention_options(direction=direction, norm=norm, agg=agg)
+    device = _default_device(images) if device is None else torch.device(device)
+    backend = resolve_backend(backend, device)
+    precision = resolve_precision(precision, backend)
+    options = dict(direction=direction, norm=norm, smooth=smooth, agg=agg, lambda_lse=lambda_lse)
+    if backend == "triton":
+        budget = TRITON_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
+        return _triton_module().score_matrix(
+            images, captions, caption_lengths, precision=precision, memory_budget_mb=budget, device=device, **options
+        )
+    if memory_budget_mb is None:
+        memory_budget_mb = CPU_BLOCK_BUDGET_MB if device.type == "cpu" else GPU_BLOCK_BUDGET_MB
+    return torch_path.score_matrix(
+        images,
+        captions,
+        caption_lengths,
+        precision=precision,
+        memory_budget_mb=memory_budget_mb,
+        device=device,
+        **options,
+    )
+
+
+def batch_scores(
+    images: torch.Tensor,
+    captions: torch.Tensor,
+    caption_mask: torch.Tensor,
+    *,
+    direction: str = "t2i",
+    norm: str = "clipped_l2norm",
+    smooth: float = 9.0,
+    agg: str = "Mean",
+    lambda_lse: float = 6.0,
+    backend: str = "auto",
+    precision: str = "auto",
+) -> torch.Tensor:
+    """Differentiable `(B, B')` scores of a training batch, on the inputs' device.
+
+    Args:
+        images: `(B, R, D)` region embeddings.
+        captions: `(B', W, D)` word embeddings, padded (padding never gets a gradient).
+        caption_mask: `(B', W)` True at real words.
+        backend, precision: as for `score_matrix`. On the PyTorch path `bf16` multiplies in
+            bf16 and `fp32`/`tf32` keep the inputs' dtype (float64 stays float64).
+    """
+    check_attention_options(direction=direction, norm=norm, agg=agg)
+    backend = resolve_backend(backend, images.device)
+    precision = resolve_precision(precision, backend)
+    options = dict(direction=direction, norm=norm, smooth=smooth, agg=agg, lambda_lse=lambda_lse)
+    if backend == "triton":
+        return _triton_module().batch_scores(images, captions, caption_mask, precision=precision, **options)
+    if precision == "bf16":
+        return torch_path.pairwise_scores(
+            images.to(torch.bfloat16), captions.to(torch.bfloat16), caption_mask, **options
+        ).to(images.dtype)
+    return torch_path.pairwise_scores(images, captions, caption_mask, **options)

@@ -31,7 +31,12 @@ from collections.abc import Iterator
 
 import torch
 
-from scan.similarity.functional import EPS, check_attention_options, normalize_raw_scores, pool
+from scan.similarity.functional import (
+    EPS,
+    check_attention_options,
+    normalize_raw_scores,
+    pool,
+)
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from scan.atomic import write_text_atomic
 from scan.config import Config, ConfigError, config_from_dict, dump_config
 from scan.data.collate import CaptionDataset, collate_captions
 from scan.data.precomp import PrecompSplit
@@ -154,7 +155,7 @@ def setup(config: Config, *, resume: bool = False) -> Run:
     )
     if resume:
         _restore(run, latest)
-    ckpt.write_text_atomic(run_dir / ckpt.CONFIG_FILE, dump_config(config))
+    write_text_atomic(run_dir / ckpt.CONFIG_FILE, dump_config(config))
     return run
 
 
@@ -169,7 +170,7 @@ def _restore(run: Run, folder: Path) -> None:
     log = run.run_dir / "metrics.jsonl"
     if log.exists():
         kept = [line for line in log.read_text().splitlines() if line and json.loads(line).get("step", 0) <= run.step]
-        ckpt.write_text_atomic(log, "".join(line + "\n" for line in kept))
+        write_text_atomic(log, "".join(line + "\n" for line in kept))
         run.history = [json.loads(line) for line in kept]
 
 

@@ -25,14 +25,14 @@ array-like.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+from scan.atomic import atomic_open
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -240,14 +240,8 @@ def save_figure(fig: Figure, out_path: str | Path, *, dpi: float) -> Path:
     reader (a web page, a crashed run's leftovers) never sees half a file."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            fig.savefig(stream, format="png", dpi=dpi, facecolor="white")
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(out_path, "wb") as stream:
+        fig.savefig(stream, format="png", dpi=dpi, facecolor="white")
     return out_path
 
 
