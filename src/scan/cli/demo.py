@@ -91,8 +91,10 @@ def extract_features(data: Path, out: Path, *, mode: str, progress: bool) -> Pat
         summaries = extract_dataset(data, features, ExtractConfig(mode=mode), progress=progress)
     finally:
         torch.set_num_threads(threads)  # extraction runs one thread per image worker; training wants them all
-    for split, summary in summaries.items():
-        print(f"  {split}: {summary}")
+    for split, s in summaries.items():
+        how = "up to date, reused" if s.cached else f"{s.seconds_per_image:.2f} s/image"
+        failed = f", {len(s.failed)} unreadable photos left out" if s.failed else ""
+        print(f"  {split}: {s.num_images} photos x {s.num_regions} regions x {s.feature_dim} dims ({how}{failed})")
     return features
 
 
