@@ -1,0 +1,1 @@
+"""Command line: one module per `scan` subcommand, each with `main(argv=None)`."""

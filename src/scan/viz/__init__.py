@@ -1,0 +1,1 @@
+"""Drawing: attention over photos (per word or per region) and training curves."""
