@@ -109,12 +109,14 @@ def test_reduced_precision_forward_and_backward(direction, precision):
 
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
 def test_score_matrix_ragged_buckets_partial_tiles_and_chunks(direction, monkeypatch):
-    """Lengths 1..8 (four width buckets), 9 x 9 gallery that no tile size divides, caption blocks
-    in a partial last group, images and captions chunked by a tiny memory budget."""
-    monkeypatch.setattr(tri, "COLUMNS", 16)  # 2 captions of width 8 per tile: 5 tiles for 9
+    """Lengths 1..8 (four width buckets), a 9 x 9 gallery that no tile divides, caption blocks in
+    a partial last group, D not a multiple of the chunk, images and captions chunked by a tiny
+    memory budget."""
+    # 2 captions of width 8 per tile (5 tiles for 9), D = 40 in chunks of 16 (the last one partial)
+    monkeypatch.setitem(tri.TILE_CONFIGS, ("fwd", "fp32"), dict(columns=16, block_d=16, num_warps=4, num_stages=2))
     monkeypatch.setattr(tri, "GROUP_CAPTION_BLOCKS", 3)
     lengths = torch.tensor([8, 1, 2, 3, 4, 5, 7, 8, 6])
-    images, captions, lengths, mask = random_inputs(5, n=9, m=9, r=7, lengths=lengths)
+    images, captions, lengths, mask = random_inputs(5, n=9, m=9, r=7, d=40, lengths=lengths)
     opts = options(direction, "clipped_l2norm", "LogSumExp")
     ref = reference_scores(images, captions, lengths, **opts)
     whole = tri.score_matrix(images.float(), captions.float(), lengths, precision="fp32", device=DEVICE, **opts)

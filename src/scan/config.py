@@ -58,6 +58,7 @@ class TrainConfig:
     lr_decay: float = 0.1  # step-decay factor
     margin: float = 0.2  # alpha of the hinge triplet loss
     max_violation: bool = True  # hardest negative only (VSE++); False sums over all negatives
+    sum_negatives_epochs: int = 0  # first epochs sum over all negatives before hardest-only (small data)
     grad_clip: float = 2.0  # clip the global gradient norm to this (0: no clipping)
     val_every_steps: int = 0  # also validate every N steps (0: only at the end of each epoch)
     checkpoint_every_steps: int = 200  # also write a resumable checkpoint every N steps (0: never)

@@ -51,13 +51,20 @@ from scan.similarity.functional import (
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
-# Tile shape: one image (RP padded regions) x COLUMNS caption word slots (BM captions x WP words).
-COLUMNS = 128  # evaluation forward
-BACKWARD_COLUMNS = 64  # the backward keeps more tensors alive per tile
-BLOCK_D = 64  # D chunk of the raw-score product
+# Launch configurations, per kernel and precision: caption word slots per tile (the tile is one
+# image's RP padded regions x `columns` = BM captions x WP words), D chunk, warps, pipeline
+# stages. Chosen so that ptxas (sm_90a) reports no register spills, or a few bytes, for R = 36
+# and WP = 16; timings on an H100 are still to be taken (docs/PERFORMANCE.md). The exact fp32
+# product runs on CUDA cores with its operands in registers, hence its smaller tiles.
+TILE_CONFIGS = {
+    ("fwd", "bf16"): dict(columns=128, block_d=64, num_warps=8, num_stages=3),
+    ("fwd", "tf32"): dict(columns=128, block_d=32, num_warps=8, num_stages=3),
+    ("fwd", "fp32"): dict(columns=64, block_d=16, num_warps=8, num_stages=2),
+    ("bwd", "bf16"): dict(columns=32, block_d=64, num_warps=8, num_stages=2),
+    ("bwd", "tf32"): dict(columns=32, block_d=32, num_warps=8, num_stages=2),
+    ("bwd", "fp32"): dict(columns=16, block_d=16, num_warps=8, num_stages=2),
+}
 GROUP_CAPTION_BLOCKS = 64  # caption blocks swept together across images (L2 reuse)
-NUM_WARPS = 8
-NUM_STAGES = 3
 
 _KERNELS = None
 
@@ -466,26 +473,28 @@ def _prepare_images(images: torch.Tensor, *, device, dtype, direction: str) -> d
     return prepared
 
 
-def _launch_config(precision: str, wp: int, num_regions: int, embed_dim: int, columns: int, direction: str, norm: str, agg: str):
-    rp, bm = _tile_shape(num_regions, wp, columns)
+def _launch_config(kind: str, precision: str, *, wp: int, num_regions: int, embed_dim: int, direction: str, norm: str, agg: str) -> dict:
+    """Constexprs and launch options of the `kind` ("fwd" or "bwd") kernel for one length bucket."""
+    config = TILE_CONFIGS[kind, precision]
+    rp, bm = _tile_shape(num_regions, wp, config["columns"])
     dot_precision, gram_precision = _dot_precisions(precision)
     meta = dict(
         RP=rp,
         BM=bm,
         WP=wp,
-        BLOCK_D=min(BLOCK_D, max(16, _next_pow2(embed_dim))),
+        BLOCK_D=min(config["block_d"], max(16, _next_pow2(embed_dim))),
         T2I=direction == "t2i",
-        Q_AXIS=2 if direction == "t2i" else 0,
-        C_AXIS=0 if direction == "t2i" else 2,
         NORM=RAW_FEATURE_NORMS.index(norm),
         AGG=POOLINGS.index(agg),
+        Q_AXIS=2 if direction == "t2i" else 0,
+        C_AXIS=0 if direction == "t2i" else 2,
         DOT_PRECISION=dot_precision,
         GRAM_PRECISION=gram_precision,
         GROUP_C=GROUP_CAPTION_BLOCKS,
         UPCAST=_interpreting() and precision == "bf16",
     )
     if not _interpreting():
-        meta.update(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+        meta.update(num_warps=config["num_warps"], num_stages=config["num_stages"])
     return meta
 
 
@@ -494,7 +503,9 @@ def _forward_block(img: dict, cap: dict, out: torch.Tensor, *, direction, norm, 
     regions, words = img["regions"], cap["words"]
     n, num_regions, embed_dim = regions.shape
     m, wp, _ = words.shape
-    meta = _launch_config(precision, wp, num_regions, embed_dim, COLUMNS, direction, norm, agg)
+    meta = _launch_config(
+        "fwd", precision, wp=wp, num_regions=num_regions, embed_dim=embed_dim, direction=direction, norm=norm, agg=agg
+    )
     gram = img["gram"] if direction == "t2i" else cap["gram"]
     qnorm = cap["norm"] if direction == "t2i" else img["norm"]
     grid = (n * triton_cdiv(m, meta["BM"]),)
@@ -618,7 +629,10 @@ class TritonScanScores(torch.autograd.Function):
         for index, cap in caps:
             words = cap["words"]  # (m, WP, D)
             m, wp, _ = words.shape
-            meta = _launch_config(options["precision"], wp, num_regions, embed_dim, BACKWARD_COLUMNS, direction, options["norm"], options["agg"])
+            meta = _launch_config(
+                "bwd", options["precision"], wp=wp, num_regions=num_regions, embed_dim=embed_dim,
+                direction=direction, norm=options["norm"], agg=options["agg"],
+            )  # fmt: skip
             grad_s = torch.empty(num_images * num_regions, m * wp, dtype=torch.float32, device=regions.device)
             if direction == "t2i":
                 gram, qnorm = img["gram"], cap["norm"]

@@ -235,9 +235,10 @@ def _train_step(run: Run, batch) -> dict[str, float]:
     batch = batch.to(run.device)
     with autocast(run.device, run.precision):
         scores = run.model(batch.images, batch.tokens, batch.lengths)  # (B, B)
-    terms = triplet_loss(
-        scores.float(), margin=run.config.train.margin, max_violation=run.config.train.max_violation, image_ids=batch.image_ids
-    )
+    # Hardest negatives alone give little signal while the embedding is still random, which
+    # matters on small data sets; the sum over negatives first warms it up.
+    max_violation = run.config.train.max_violation and run.epoch >= run.config.train.sum_negatives_epochs
+    terms = triplet_loss(scores.float(), margin=run.config.train.margin, max_violation=max_violation, image_ids=batch.image_ids)
     run.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     grad_norm = torch.tensor(0.0)
