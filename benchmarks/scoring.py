@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     orig_captions = min(args.original_captions, args.captions)
     pairs = args.images * args.captions
 
+    load_before = os.getloadavg()[0]  # other work on the machine makes every figure slower
     images, captions, lengths = make_inputs(args.images, args.captions, args.seed, args.lengths_from)
     print(
         f"{args.images} images x {args.captions} captions ({pairs / 1e6:.1f}M pairs), {args.direction}, "
@@ -306,6 +307,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{'original (f32)':<16}{train['original_ms']:>10.1f}{1.0:>12.1f}{'ref':>14}")
         for row in train["paths"]:
             print(f"{row['path']:<16}{row['ms']:>10.1f}{row['speedup']:>12.1f}{row['grad_rel_err']:>14.1e}")
+    result["load_average"] = dict(before=load_before, after=os.getloadavg()[0])
+    print(f"\n1-minute load average: {load_before:.2f} before, {result['load_average']['after']:.2f} after")
     print(json.dumps(result))
     return result
 

@@ -39,7 +39,7 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "demo_flickr8k.yaml"
 # The three models of the table: name -> overrides on top of the demo recipe.
 VARIANTS = {
     "baseline (VSE++-style mean pooling)": ("baseline", ["model.architecture=vse"]),
-    "SCAN t2i AVG": ("scan_t2i", ["model.direction=t2i", "model.lambda_softmax=9.0", "model.agg=Mean"]),
+    "SCAN t2i AVG": ("scan_t2i", ["model.direction=t2i", "model.lambda_softmax=4.0", "model.agg=Mean"]),
     "SCAN i2t AVG": ("scan_i2t", ["model.direction=i2t", "model.lambda_softmax=4.0", "model.agg=Mean"]),
 }
 ENSEMBLE = "SCAN t2i + i2t (ensemble)"
@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="reports/flickr8k-demo", help="report folder (default reports/flickr8k-demo)")
     parser.add_argument("--config", default=str(DEMO_CONFIG), help="training recipe for the three models")
     parser.add_argument("--mode", choices=("bottomup", "grid"), default="bottomup", help="region boxes: detector or grid")
+    parser.add_argument(
+        "--text-encoder",
+        choices=("gru", "minilm", "minilm-finetune"),
+        default="gru",
+        help="gru: trained from scratch (default); minilm: pretrained MiniLM-L6, frozen; minilm-finetune: MiniLM trained too",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--attention-examples", type=int, default=4, help="test captions to draw attention for")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -167,9 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     features = extract_features(data, out, mode=args.mode, progress=not args.quiet)
 
     print("[2/4] training the baseline, SCAN t2i and SCAN i2t")
+    text = {
+        "gru": ["model.text_encoder=gru"],
+        "minilm": ["model.text_encoder=minilm", "model.freeze_text=true"],
+        "minilm-finetune": ["model.text_encoder=minilm", "model.freeze_text=false"],
+    }[args.text_encoder]
     runs = {}
     for name, (folder, overrides) in VARIANTS.items():
-        runs[name] = train_variant(args.config, features, out / "models" / folder, [*overrides, *args.overrides], device=str(device), progress=progress)
+        runs[name] = train_variant(
+            args.config, features, out / "models" / folder, [*text, *overrides, *args.overrides], device=str(device), progress=progress
+        )
 
     print("[3/4] evaluating on the test split")
     test = PrecompSplit.open(features, "test")

@@ -508,7 +508,7 @@ def _forward_block(img: dict, cap: dict, out: torch.Tensor, *, direction, norm, 
     )
     gram = img["gram"] if direction == "t2i" else cap["gram"]
     qnorm = cap["norm"] if direction == "t2i" else img["norm"]
-    grid = (n * triton_cdiv(m, meta["BM"]),)
+    grid = (n * _cdiv(m, meta["BM"]),)
     _kernels()["fwd"][grid](
         regions, words, cap["mask"], gram, qnorm, out,
         n, m, num_regions, embed_dim, out.stride(0), float(smooth), float(lambda_lse),
@@ -516,7 +516,7 @@ def _forward_block(img: dict, cap: dict, out: torch.Tensor, *, direction, norm, 
     )  # fmt: skip
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -537,16 +537,19 @@ def score_matrix(
 ) -> torch.Tensor:
     """The `(N, M)` float32 CPU score matrix of a whole gallery with the fused kernel.
 
-    Images are moved to `device` in chunks and captions in length buckets, both sized so the
-    operands on the device stay within `memory_budget_mb`; the kernel itself keeps no
-    intermediate in memory.
+    Captions are grouped into length buckets; the scores of a chunk of images against every
+    caption are written on the device in bucket order, put back in caption order there, and
+    copied to the host once per image chunk. Chunks of images (with their rows of the output)
+    and of captions are sized so that each stays within half of `memory_budget_mb`; the kernel
+    itself keeps no intermediate in memory. Captions are moved to the device one chunk at a
+    time, once per image chunk (once in all unless the gallery exceeds the budget).
 
     Args:
         images: `(N, R, D)` region embeddings (any device).
-        captions: `(M, W, D)` word embeddings, padded.
+        captions: `(M, W, D)` word embeddings, padded (any device).
         caption_lengths: `(M,)` number of real words of each caption (at least 1).
         precision: `bf16`, `tf32` or `fp32` (see the module docstring).
-        memory_budget_mb: bound on the device copies of the embeddings and the output block.
+        memory_budget_mb: bound on the device memory this call holds.
         device: where to run; defaults to `images.device`.
     """
     check_attention_options(direction=direction, norm=norm, agg=agg)
@@ -556,30 +559,34 @@ def score_matrix(
     num_images, num_regions, embed_dim = images.shape
     num_captions, width, _ = captions.shape
     lengths = caption_lengths.to("cpu", torch.long)
-    budget = memory_budget_mb * 2**20 / 2  # half for image chunks, half for caption chunks
     item = torch.finfo(dtype).bits // 8
-    image_chunk = max(1, int(budget // (num_regions * (embed_dim * item + 4 * num_regions + 4))))
-    caption_chunk = max(1, int(budget // (_next_pow2(width) * (embed_dim * item + 4 * _next_pow2(width) + 8) + 4 * image_chunk)))
+    wp_max = _next_pow2(width)
+    per_image = num_regions * (embed_dim * item + 4 * num_regions) + 2 * 4 * num_captions  # + output rows
+    per_caption = wp_max * (embed_dim * item + 4 * wp_max + 5)
+    half = memory_budget_mb * 2**20 / 2
+    image_chunk = max(1, int(half // per_image))
+    buckets = _caption_buckets(lengths, max(1, int(half // per_caption)))
+    order = torch.cat([index for _, index in buckets])  # output column -> caption
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(num_captions)
+    inverse = inverse.to(device)
     options = dict(direction=direction, norm=norm, smooth=smooth, agg=agg, lambda_lse=lambda_lse, precision=precision)
 
-    image_chunks = [
-        (start, images[start : start + image_chunk]) for start in range(0, num_images, image_chunk)
-    ]
-    resident = None
-    if len(image_chunks) == 1:
-        resident = _prepare_images(image_chunks[0][1], device=device, dtype=dtype, direction=direction)
-    scores = torch.empty(num_images, num_captions, dtype=torch.float32)
-    for wp, index in _caption_buckets(lengths, caption_chunk):
+    def prepare(index: torch.Tensor, wp: int) -> dict[str, torch.Tensor]:
         keep = min(wp, width)
         mask = torch.arange(keep)[None, :] < lengths[index][:, None]  # (m, keep)
-        cap = _prepare_captions(
-            captions[index.to(captions.device), :keep], mask, wp, device=device, dtype=dtype, direction=direction
-        )
-        out = torch.empty(num_images, len(index), dtype=torch.float32, device=device)
-        for start, chunk in image_chunks:
-            img = resident or _prepare_images(chunk, device=device, dtype=dtype, direction=direction)
-            _forward_block(img, cap, out[start : start + len(chunk)], **options)
-        scores[:, index] = out.cpu()
+        block = captions[index.to(captions.device), :keep]  # (m, keep, D)
+        return _prepare_captions(block, mask, wp, device=device, dtype=dtype, direction=direction)
+
+    scores = torch.empty(num_images, num_captions, dtype=torch.float32)
+    for start in range(0, num_images, image_chunk):
+        img = _prepare_images(images[start : start + image_chunk], device=device, dtype=dtype, direction=direction)
+        out = torch.empty(img["regions"].shape[0], num_captions, dtype=torch.float32, device=device)
+        column = 0
+        for wp, index in buckets:
+            _forward_block(img, prepare(index, wp), out[:, column : column + len(index)], **options)
+            column += len(index)
+        scores[start : start + len(out)] = out[:, inverse].cpu()  # back to caption order
     return scores
 
 
@@ -641,7 +648,7 @@ class TritonScanScores(torch.autograd.Function):
                 gram, qnorm = cap["gram"], img["norm"]
                 grad_gram, grad_qnorm = torch.zeros(m, wp, wp, device=regions.device), grad_image_norm
             block_grad = grad_scores[:, index].contiguous()
-            grid = (num_images * triton_cdiv(m, meta["BM"]),)
+            grid = (num_images * _cdiv(m, meta["BM"]),)
             _kernels()["bwd"][grid](
                 regions, words, cap["mask"], gram, qnorm, block_grad,
                 grad_s, grad_gram, grad_qnorm,
