@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from scan.atomic import write_text_atomic
 from scan.cli.common import report_user_errors
 from scan.config import load_config
 from scan.data.precomp import PrecompSplit
@@ -181,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for name, (folder, overrides) in VARIANTS.items():
         runs[name] = train_variant(
-            args.config, features, out / "models" / folder, [*text, *overrides, *args.overrides], device=str(device), progress=progress
+            args.config,
+            features,
+            out / "models" / (folder if args.text_encoder == "gru" else f"{folder}-{args.text_encoder}"),
+            [*text, *overrides, *args.overrides],
+            device=str(device),
+            progress=progress,
         )
 
     print("[3/4] evaluating on the test split")
@@ -203,15 +209,19 @@ def main(argv: list[str] | None = None) -> int:
         f"# Flickr8k demo: {test.num_images} test images, {test.num_captions} captions "
         f"(chance: R@1 {100 / test.num_images:.1f}% text-to-image)\n\n"
     )
-    (out / "results.md").write_text(header + format_markdown_table(results) + "\n")
-    write_json(results, out / "results.json")
-    plot_training_curves({name: run_dir / "metrics.jsonl" for name, run_dir in runs.items()}, out / "training_curves.png")
+    suffix = "" if args.text_encoder == "gru" else f"-{args.text_encoder}"
+    write_text_atomic(out / f"results{suffix}.md", header + format_markdown_table(results) + "\n")
+    write_json(results, out / f"results{suffix}.json")
+    plot_training_curves({name: run_dir / "metrics.jsonl" for name, run_dir in runs.items()}, out / f"training_curves{suffix}.png")
     pictures = draw_attention_examples(
-        models["SCAN t2i AVG"], test, data, out / "attention", count=args.attention_examples
+        models["SCAN t2i AVG"], test, data, out / f"attention{suffix}", count=args.attention_examples
     )
     print()
     print(table)
-    print(f"\nreport: {out}/results.md, results.json, training_curves.png, {len(pictures)} attention pictures in {out}/attention")
+    print(
+        f"\nreport: {out}/results{suffix}.md, results{suffix}.json, training_curves{suffix}.png, "
+        f"{len(pictures)} attention pictures in {out}/attention{suffix}"
+    )
     print(f"models: {out}/models/*  (score them on other photos with: scan eval --model {out}/models/scan_t2i --data FOLDER)")
     print(f"total time {time.time() - started:.0f} s")
     return 0

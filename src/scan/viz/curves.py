@@ -143,6 +143,11 @@ def plot_training_curves(
             ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", fontsize=12, color="0.5")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=9, frameon=False)
+    # A run that switches loss (sum over negatives, then hardest only) spans orders of magnitude.
+    low, high = loss_ax.get_ylim()
+    if any_loss and all(line.get_ydata().min() > 0 for line in loss_ax.get_lines()) and high / max(low, 1e-12) > 30:
+        loss_ax.set_yscale("log")
+        loss_ax.set_title("training loss (log scale)", fontsize=12)
     if title:
         fig.suptitle(title, fontsize=14)
     return save_figure(fig, out_path, dpi=dpi)
