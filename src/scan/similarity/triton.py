@@ -42,12 +42,7 @@ import os
 
 import torch
 
-from scan.similarity.functional import (
-    EPS,
-    POOLINGS,
-    RAW_FEATURE_NORMS,
-    check_attention_options,
-)
+from scan.similarity.functional import EPS, POOLINGS, RAW_FEATURE_NORMS, check_attention_options
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -79,7 +74,7 @@ def _interpreting() -> bool:
 
 
 def is_available(device: torch.device | str) -> bool:
-    """Whether the kernels can run on `device`: CUDA and Triton, or any device when interpreting."""
+    """Whether the kernels can run on `device`: a CUDA device, or the CPU under TRITON_INTERPRET=1."""
     if not triton_importable():
         return False
     device = torch.device(device)
