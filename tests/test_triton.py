@@ -128,6 +128,25 @@ def test_score_matrix_ragged_buckets_partial_tiles_and_chunks(direction, monkeyp
     assert rel_err(chunked, ref) < 1e-4
 
 
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_training_path_with_captions_in_several_length_buckets(direction):
+    lengths = torch.tensor([8, 1, 3, 2, 6, 4])
+    images, captions, lengths, mask = random_inputs(9, n=3, m=6, lengths=lengths)
+    opts = options(direction, "clipped_l2norm", "LogSumExp")
+    ref_images = images.clone().requires_grad_()
+    ref_captions = captions.clone().requires_grad_()
+    ref = reference_scores(ref_images, ref_captions, lengths, **opts)
+    ref.sum().backward()
+    ours_images = images.float().to(DEVICE).requires_grad_()
+    ours_captions = captions.float().to(DEVICE).requires_grad_()
+    ours = tri.batch_scores(ours_images, ours_captions, mask.to(DEVICE), precision="fp32", **opts)
+    ours.sum().backward()
+    assert rel_err(ours, ref) < 1e-4
+    assert rel_err(ours_images.grad, ref_images.grad) < 1e-4
+    assert rel_err(ours_captions.grad, ref_captions.grad) < 1e-4
+    assert ours_captions.grad[~mask.to(DEVICE)].abs().max() == 0
+
+
 def test_rankings_agree_wherever_the_reference_margin_exceeds_the_error_bound():
     """On generic inputs: each caption's ranking of images and each image's ranking of captions
     orders every pair of candidates as the reference does whenever their reference scores differ
