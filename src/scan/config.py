@@ -67,6 +67,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     precision: str = "auto"  # "fp32", "bf16" (autocast, GPU), "auto": bf16 on a GPU else fp32
     scoring_backend: str = "auto"  # "auto", "torch" or "triton" for the pairwise scores
+    scoring_precision: str = "auto"  # pairwise scores: "auto" (bf16 on Triton, else fp32), "fp32" (exact), "tf32", "bf16"
     run_dir: str = "runs/scan"  # checkpoints, metrics and the resolved config go here
     max_steps: int = 0  # stop after this many steps (0: no limit); for smoke runs
     progress: bool = True  # show a progress bar

@@ -47,13 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", action="append", choices=PROTOCOLS, help="repeatable (default: all)")
     parser.add_argument("--ensemble", action="store_true", help="also evaluate the average of the models' scores")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="scoring path")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="scoring path (auto: the fastest here)")
+    parser.add_argument(
+        "--scoring-precision",
+        default="auto",
+        choices=("auto", "fp32", "tf32", "bf16"),
+        help="pairwise scores: auto (bf16 on the Triton path, else fp32), fp32 for exact float32",
+    )
     parser.add_argument("--batch-size", type=int, default=128, help="items per encoder batch")
     parser.add_argument("--json", help="also write the results here (atomically)")
     return parser
 
 
-def evaluate_models(models, names, split: PrecompSplit, *, protocols, ensemble, device, backend, batch_size):
+def evaluate_models(models, names, split: PrecompSplit, *, protocols, ensemble, device, backend, batch_size, precision="auto"):
     """Score each model on the split; returns `{row name: metrics}` for every protocol."""
     results: dict[str, dict] = {}
     matrices = []
@@ -61,7 +67,7 @@ def evaluate_models(models, names, split: PrecompSplit, *, protocols, ensemble, 
     for trained, name in zip(models, names):
         precision = resolve_precision(trained.config.train.precision, device)
         encoded = encode_split(trained.model, split, trained.tokenizer, device=device, precision=precision, batch_size=batch_size)
-        scores = score_split(trained.model, encoded, device=device, backend=backend)  # (N, M)
+        scores = score_split(trained.model, encoded, device=device, backend=backend, precision=precision)  # (N, M)
         caption_image = encoded.caption_image
         matrices.append(scores)
         for protocol in protocols:
@@ -128,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     folder, split_name = features_for_models(Path(args.data), args.split, models, cache=args.features_cache)
     split = PrecompSplit.open(folder, split_name)
     results = evaluate_models(
-        models, names, split, protocols=protocols, ensemble=args.ensemble, device=device, backend=args.backend, batch_size=args.batch_size
+        models, names, split, protocols=protocols, ensemble=args.ensemble, device=device, backend=args.backend, batch_size=args.batch_size,
+        precision=args.scoring_precision,
     )
     print(format_table({k: {m: v for m, v in r.items() if m != "folds"} for k, r in results.items()}))
     if args.json:

@@ -52,6 +52,7 @@ class SCAN(nn.Module):
         )
         self.text_encoder = build_text_encoder(config)
         self.scoring_backend = "auto"  # set by the caller: "auto", "torch" or "triton"
+        self.scoring_precision = "auto"  # "auto", "fp32" (exact), "tf32" or "bf16"
 
     @property
     def attention_options(self) -> dict:
@@ -69,13 +70,19 @@ class SCAN(nn.Module):
     def similarity(self, images: torch.Tensor, captions: torch.Tensor, caption_mask: torch.Tensor) -> torch.Tensor:
         """Differentiable `(N, M)` scores of encoded images against encoded captions."""
         return dispatch.batch_scores(
-            images.float(), captions.float(), caption_mask, backend=self.scoring_backend, **self.attention_options
+            images.float(),
+            captions.float(),
+            caption_mask,
+            backend=self.scoring_backend,
+            precision=self.scoring_precision,
+            **self.attention_options,
         )
 
     @torch.no_grad()
     def score_matrix(self, images: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, **kwargs) -> torch.Tensor:
         """`(N, M)` float32 CPU scores of a whole encoded gallery, tiled to bounded memory."""
         kwargs.setdefault("backend", self.scoring_backend)
+        kwargs.setdefault("precision", self.scoring_precision)
         return dispatch.score_matrix(images, captions, lengths, **self.attention_options, **kwargs)
 
     @torch.no_grad()

@@ -39,7 +39,7 @@ from scan.train.schedule import EpochBatches, learning_rate
 # Fields that may differ between a run and its resumption without changing what is computed.
 # Fields that setup fills in from the data, so a fresh config does not know them yet.
 DERIVED_FIELDS = {"model.vocab_size", "model.image_dim", "data.extract"}
-RESUMABLE_FIELDS = {"train.device", "train.progress", "train.epochs", "train.max_steps", "data.workers", "train.scoring_backend"}
+RESUMABLE_FIELDS = {"train.device", "train.progress", "train.epochs", "train.max_steps", "data.workers", "train.scoring_backend", "train.scoring_precision"}
 
 
 @dataclass
@@ -132,6 +132,7 @@ def setup(config: Config, *, resume: bool = False) -> Run:
     precision = resolve_precision(config.train.precision, device)
     model = build_model(config.model).to(device)
     model.scoring_backend = config.train.scoring_backend
+    model.scoring_precision = config.train.scoring_precision
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.train.lr)
 
