@@ -179,12 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         "minilm": ["model.text_encoder=minilm", "model.freeze_text=true"],
         "minilm-finetune": ["model.text_encoder=minilm", "model.freeze_text=false"],
     }[args.text_encoder]
+    # Non-default choices get their own model folders and report files, so runs sit side by side.
+    suffix = "".join(f"-{choice}" for choice, default in ((args.mode, "bottomup"), (args.text_encoder, "gru")) if choice != default)
     runs = {}
     for name, (folder, overrides) in VARIANTS.items():
         runs[name] = train_variant(
             args.config,
             features,
-            out / "models" / (folder if args.text_encoder == "gru" else f"{folder}-{args.text_encoder}"),
+            out / "models" / f"{folder}{suffix}",
             [*text, *overrides, *args.overrides],
             device=str(device),
             progress=progress,
@@ -209,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         f"# Flickr8k demo: {test.num_images} test images, {test.num_captions} captions "
         f"(chance: R@1 {100 / test.num_images:.1f}% text-to-image)\n\n"
     )
-    suffix = "" if args.text_encoder == "gru" else f"-{args.text_encoder}"
     write_text_atomic(out / f"results{suffix}.md", header + format_markdown_table(results) + "\n")
     write_json(results, out / f"results{suffix}.json")
     plot_training_curves({name: run_dir / "metrics.jsonl" for name, run_dir in runs.items()}, out / f"training_curves{suffix}.png")
