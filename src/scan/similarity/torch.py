@@ -170,7 +170,7 @@ def _caption_blocks(lengths: torch.Tensor, block: int) -> Iterator[torch.Tensor]
         yield order[start : start + block]
 
 
-def _compute_dtype(precision: str, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+def _compute_dtype(precision: str, dtype: torch.dtype) -> torch.dtype:
     """The dtype of the raw-score product: bf16 when asked for, else float32 (float64 stays)."""
     if precision not in ("fp32", "tf32", "bf16"):
         raise ValueError(f"precision must be 'fp32', 'tf32' or 'bf16', got {precision!r}")
@@ -216,7 +216,7 @@ def score_matrix(
     """
     check_attention_options(direction=direction, norm=norm, agg=agg)
     device = images.device if device is None else torch.device(device)
-    compute_dtype = _compute_dtype(precision, device, images.dtype)
+    compute_dtype = _compute_dtype(precision, images.dtype)
     num_images, num_regions, embed_dim = images.shape
     num_captions = captions.shape[0]
     lengths = caption_lengths.to("cpu", torch.long)
@@ -242,6 +242,8 @@ def score_matrix(
         width = int(lengths[caption_index].max())
         block_captions = captions[caption_index.to(captions.device), :width].to(device, compute_dtype)  # (m, W, D)
         block_mask = (torch.arange(width)[None, :] < lengths[caption_index][:, None]).to(device)  # (m, W)
+        # Blocks of equally long captions (most, once sorted by length) need no masking at all.
+        word_mask = None if bool(block_mask.all()) else block_mask
         if direction == "t2i":
             caption_norm = _norms(block_captions)  # (m, W)
         else:
@@ -255,7 +257,7 @@ def score_matrix(
                     block_images,
                     block_captions,
                     context_mask=None,
-                    query_mask=block_mask,
+                    query_mask=word_mask,
                     context_gram=image_gram[block_index],
                     query_norm=caption_norm,
                     **options,
@@ -264,7 +266,7 @@ def score_matrix(
                 block_scores = _attention_scores(
                     block_captions,
                     block_images,
-                    context_mask=block_mask,
+                    context_mask=word_mask,
                     query_mask=None,
                     context_gram=caption_gram,
                     query_norm=image_norm[block_index],
