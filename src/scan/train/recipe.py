@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -200,7 +201,7 @@ def save(run: Run, *, is_best: bool = False) -> Path:
     keep = {p.resolve() for p in (run.checkpoint_dir / "latest", run.checkpoint_dir / "best") if p.exists()}
     for old in run.checkpoint_dir.glob("step-*"):
         if old.resolve() not in keep:
-            ckpt.shutil.rmtree(old)
+            shutil.rmtree(old)
     return folder
 
 
