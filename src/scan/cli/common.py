@@ -10,7 +10,8 @@ from scan.config import ConfigError
 from scan.data.errors import DataError
 from scan.train.checkpoint import CheckpointError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
+# ImportError: an optional part (extraction, MiniLM) is not installed; its message names the pip command.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError, ImportError)
 
 
 def report_user_errors(function: Callable[..., int]) -> Callable[..., int]:
