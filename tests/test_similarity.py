@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     "direction,norm,agg", list(itertools.product(("t2i", "i2t"), RAW_FEATURE_NORMS, POOLINGS))
 )
 def test_pairwise_matches_reference_forward_and_backward(direction, norm, agg):
-    seed = hash((direction, norm, agg)) % 2**31
+    seed = zlib.crc32(f"{direction}-{norm}-{agg}".encode())  # stable across processes: a failure reproduces
     images, captions, lengths, mask = random_inputs(seed)
     opts = dict(direction=direction, norm=norm, smooth=LAMBDA[direction], agg=agg, lambda_lse=6.0)
 
