@@ -158,13 +158,17 @@ def save_vocabulary(vocab: Vocabulary, path: str | os.PathLike[str]) -> None:
     The file is written to a temporary file in the same folder, flushed to disk and renamed over
     ``path``, so a crash never leaves a half-written vocabulary that a later run would load.
     """
-    path = Path(path)
+    write_text_atomic(Path(path), vocabulary_json(vocab))
+
+
+def vocabulary_json(vocab: Vocabulary) -> str:
+    """``vocab`` as the released SCAN JSON document (``word2idx``, ``idx2word``, ``idx``)."""
     document = {
         "word2idx": vocab.word2idx,
         "idx2word": {str(i): word for i, word in enumerate(vocab.idx2word)},
         "idx": len(vocab),
     }
-    write_text_atomic(path, json.dumps(document, ensure_ascii=False))
+    return json.dumps(document, ensure_ascii=False)
 
 
 def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:

@@ -17,6 +17,7 @@ from scan.data.vocab import (
     build_vocabulary,
     load_vocabulary,
     save_vocabulary,
+    vocabulary_json,
 )
 
 
@@ -38,11 +39,7 @@ class VocabularyTokenizer:
         save_vocabulary(self.vocab, path)
 
     def to_json(self) -> str:
-        import json
-
-        return json.dumps(
-            {"word2idx": self.vocab.word2idx, "idx2word": {str(i): w for i, w in enumerate(self.vocab.idx2word)}, "idx": len(self.vocab)}
-        )
+        return vocabulary_json(self.vocab)
 
 
 def build_tokenizer(config: Config, *, train_captions: Sequence[str], vocab_file: str = ""):
