@@ -133,6 +133,9 @@ class GlobalEmbedding(SCAN):
     def score_matrix(self, images: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, **kwargs) -> torch.Tensor:
         return (images[:, 0].float() @ captions[:, 0].float().T).cpu()
 
+    def attention_weights(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("the global-embedding baseline pools regions and words; it has no attention to draw")
+
 
 ARCHITECTURES = {"scan": SCAN, "vse": GlobalEmbedding}
 
