@@ -47,3 +47,60 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_open(path, "w") as handle:
         handle.write(text)
     return Path(path)
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on an output folder, held while one process writes it.
+
+    Two writers of one folder (two `scan extract --out X` at once, two trainings of one run
+    directory) would interleave their files into a mix that neither asked for. The lock is an
+    `flock` on `{folder}/.lock`: the kernel drops it when the holder exits, however it exits, so
+    a killed run never leaves the folder locked. The file keeps the holder's pid for the message.
+
+        with FolderLock(out, purpose="scan extract"):
+            ...  # write into out
+
+    Raises:
+        FolderBusyError: another process holds the lock (the message names it and its pid).
+    """
+
+    FILE = ".lock"
+
+    def __init__(self, folder: str | os.PathLike[str], *, purpose: str = "another scan process") -> None:
+        self.folder = Path(folder)
+        self.purpose = purpose
+        self._handle: IO | None = None
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+
+        from scan.errors import FolderBusyError
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / self.FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held until release)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise FolderBusyError(
+                f"{self.folder}: in use by another process ({holder}); wait for it to finish or choose another folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{self.purpose}, pid {os.getpid()}")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the descriptor drops the flock
+            self._handle = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 
 from scan.config import ConfigError
-from scan.data.errors import DataError
+from scan.errors import DataError
 from scan.train.checkpoint import CheckpointError
 
 # ImportError: an optional part (extraction, MiniLM) is not installed; its message names the pip command.

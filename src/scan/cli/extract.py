@@ -78,7 +78,7 @@ def _count(value: float | None) -> int | float | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``scan extract``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from scan.data.errors import DataError
+    from scan.errors import DataError
     from scan.features.extract import ExtractConfig, ExtractionError, extract_dataset
 
     config = ExtractConfig(

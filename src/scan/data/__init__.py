@@ -1,6 +1,6 @@
 """Reading the data sets: precomputed region features, raw photo layouts, captions, vocabularies."""
 
-from scan.data.errors import DataError
+from scan.errors import DataError
 from scan.data.precomp import PrecompSplit
 from scan.data.tokenize import tokenize
 from scan.data.vocab import (

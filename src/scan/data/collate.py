@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from scan.data.errors import DataError
+from scan.errors import DataError
 from scan.data.precomp import PrecompSplit
 from scan.data.vocab import PAD_ID
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scan.data.errors import DataError
+from scan.errors import DataError
 
 __all__ = ["PrecompSplit", "read_lines", "SUPPORTED_FEATURE_DTYPES", "DEFAULT_CAPTIONS_PER_IMAGE"]
 

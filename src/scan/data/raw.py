@@ -15,7 +15,7 @@ onto them (``dev`` -> ``val``; ``train`` -> ``train`` + ``restval``, as SCAN's C
 of 113,287 images; ``testall`` -> ``test``), and :func:`select_split` applies it. The Kaggle
 layout has no split, so :func:`assign_splits` draws a deterministic one.
 
-Every problem raises :class:`scan.data.errors.DataError` naming the file and the line (CSV,
+Every problem raises :class:`scan.errors.DataError` naming the file and the line (CSV,
 1-based, the header is line 1) or the JSON field at fault.
 """
 
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from scan.data.errors import DataError
+from scan.errors import DataError
 
 __all__ = [
     "CAPTIONS_PER_IMAGE",

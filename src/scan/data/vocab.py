@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from scan.atomic import write_text_atomic
-from scan.data.errors import DataError
+from scan.errors import DataError
 from scan.data.tokenize import tokenize
 
 __all__ = [

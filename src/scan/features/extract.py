@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from scan.atomic import write_text_atomic
-from scan.data.errors import DataError
+from scan.errors import DataError
 from scan.data.raw import (
     CAPTIONS_PER_IMAGE,
     ImageRecord,

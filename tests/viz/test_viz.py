@@ -31,7 +31,7 @@ from scan.viz.curves import (  # noqa: E402
     split_metrics,
 )
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k-800" / "images"
+REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "flickr8k-800" / "images"
 PHOTO = "1003163366_44323f5815.jpg"  # 500 x 410: a man on a bench, a dog below it
 needs_real = pytest.mark.skipif(not (REAL / PHOTO).is_file(), reason="shared/data/flickr8k-800 absent")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scan.data.errors import DataError
+from scan.errors import DataError
 from scan.data.tokenize import tokenize
 from scan.data.vocab import (
     END,

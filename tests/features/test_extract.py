@@ -17,7 +17,7 @@ import torch
 from scan.data.raw import ImageRecord
 from scan.features.roi import box_iou, grid_boxes, nms, roi_align, select_regions
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k-800"
+REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "flickr8k-800"
 PHOTOS = [  # two with dogs (used to check the models), a girl on stairs, a man and dog on a bench
     "1001773457_577c3a7d70.jpg",
     "1009434119_febe49276a.jpg",

@@ -10,7 +10,7 @@ import pytest
 from scan.cli.main import main
 from scan.data.synthetic import write_synthetic_precomp
 
-CONFIG = str(Path(__file__).parents[1] / "configs" / "synthetic.yaml")
+CONFIG = str(Path(__file__).parents[2] / "configs" / "synthetic.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_vocab_build_and_check(data_dir, tmp_path, capsys):
 
 
 def test_real_f30k_vocabulary_checks_real_captions(capsys):
-    shared = Path(__file__).parents[1] / ".." / "shared" / "data" / "scan-format"
+    shared = Path(__file__).parents[2] / ".." / "shared" / "data" / "scan-format"
     if not shared.exists():
         pytest.skip("../shared/data/scan-format is not beside the repository")
     code = main(["vocab", "check", str(shared / "f30k_precomp_vocab.json"), str(shared / "f30k_precomp_test_caps.txt")])

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SOURCE = Path(__file__).parents[1] / ".." / "shared" / "data" / "flickr8k-800"
+SOURCE = Path(__file__).parents[2] / ".." / "shared" / "data" / "flickr8k-800"
 
 
 def test_full_demo_scan_beats_the_baseline_far_above_chance(tmp_path):

@@ -17,7 +17,7 @@ from scan.models.loading import load_model
 from scan.train import checkpoint as ckpt
 from scan.train import recipe
 
-CONFIG = Path(__file__).parents[1] / "configs" / "synthetic.yaml"
+CONFIG = Path(__file__).parents[2] / "configs" / "synthetic.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 
 from scan.cli.demo import main  # noqa: E402
 
-SOURCE = Path(__file__).parents[1] / ".." / "shared" / "data" / "flickr8k-800"
+SOURCE = Path(__file__).parents[2] / ".." / "shared" / "data" / "flickr8k-800"
 TINY = ["model.embed_dim=32", "model.word_dim=32", "train.epochs=2", "data.batch_size=16", "data.vocab_threshold=1"]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scan.data.errors import DataError
+from scan.errors import DataError
 from scan.data.raw import (
     SPLIT_ALIASES,
     ImageRecord,
@@ -20,7 +20,7 @@ from scan.data.raw import (
     select_split,
 )
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k-800"
+REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "flickr8k-800"
 needs_real = pytest.mark.skipif(not (REAL / "captions.txt").is_file(), reason="shared/data/flickr8k-800 not present")
 
 CAPS = ["A dog runs .", "A brown dog , running .", 'A dog says "woof" .', "Dog .", "A dog on grass ."]

@@ -19,7 +19,7 @@ from scan.data.collate import (
     make_caption_loader,
     pad_token_ids,
 )
-from scan.data.errors import DataError
+from scan.errors import DataError
 from scan.data.precomp import PrecompSplit
 from scan.data.vocab import END_ID, PAD_ID, START_ID, build_vocabulary
 

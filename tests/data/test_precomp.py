@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scan.data.errors import DataError
+from scan.errors import DataError
 from scan.data.precomp import PrecompSplit, read_lines
 
 N, R, F = 4, 3, 6  # images, regions, feature dims
