@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import original_port  # noqa: E402
 
 from scan.similarity import dispatch  # noqa: E402
+from scan.similarity.options import AttentionOptions  # noqa: E402
 
 NUM_REGIONS = 36
 EMBED_DIM = 1024
@@ -139,12 +140,13 @@ def time_original(images, captions, lengths, *, direction, options, device, orig
 
 
 def time_ours(images, captions, lengths, *, backend, precision, options, device, budget):
-    kwargs = dict(backend=backend, precision=precision, device=device, memory_budget_mb=budget, **options)
-    dispatch.score_matrix(images[:64], captions[:256], lengths[:256], **kwargs)  # warm-up, JIT compile
+    attention = AttentionOptions(**options)
+    kwargs = dict(backend=backend, precision=precision, device=device, memory_budget_mb=budget)
+    dispatch.score_matrix(images[:64], captions[:256], lengths[:256], attention, **kwargs)  # warm-up, JIT compile
     with PeakMemory(device) as memory:
         sync(device)
         start = time.perf_counter()
-        scores = dispatch.score_matrix(images, captions, lengths, **kwargs)
+        scores = dispatch.score_matrix(images, captions, lengths, attention, **kwargs)
         sync(device)
         seconds = time.perf_counter() - start
     return scores, seconds, memory.mb
@@ -175,10 +177,11 @@ def time_train_step(batch, *, direction, options, device, paths, repeats, seed):
         return (time.perf_counter() - start) / repeats, grads
 
     original_s, (ref_im, ref_cap) = timed(lambda im, cap: score_fn(im, cap, lengths.tolist(), opt))
+    attention = AttentionOptions(**options)
     rows = []
     for backend, precision in paths:
         seconds, (g_im, g_cap) = timed(
-            lambda im, cap: dispatch.batch_scores(im, cap, mask, backend=backend, precision=precision, **options)
+            lambda im, cap: dispatch.batch_scores(im, cap, mask, attention, backend=backend, precision=precision)
         )
         rows.append(
             dict(
@@ -229,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         options["smooth"] = args.smooth
     if args.lambda_lse is not None:
         options["lambda_lse"] = args.lambda_lse
+    AttentionOptions(**options)  # a misspelt --norm or --agg fails here, before any timing
     paths = (
         [tuple(p.split("/")) for p in args.paths.split(",")] if args.paths else default_paths(device)
     )

@@ -37,3 +37,18 @@ def synthetic_data(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("synthetic-shared")
     write_synthetic_precomp(folder, num_train=300, num_dev=50, num_test=100, seed=0)
     return folder
+
+
+TINY = ("model.embed_dim=16", "model.word_dim=16", "train.epochs=1", "train.max_steps=4", "train.progress=false")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_data, tmp_path_factory) -> Path:
+    """A run directory trained for a few steps on `synthetic_data`: a loadable model, fast. Read-only."""
+    from scan.config import load_config
+    from scan.train import recipe
+
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    config = load_config(SYNTHETIC_CONFIG, [f"data.path={synthetic_data}", f"train.run_dir={run_dir}", *TINY])
+    recipe.train(recipe.setup(config))
+    return run_dir

@@ -1,12 +1,16 @@
 """Stacked Cross Attention (SCAN, Lee et al., ECCV 2018) for image-text matching.
 
-The library half of the project: data, model, similarity, loss, evaluation. Training recipes,
-the command line, extraction, serving and drawing build on it and live in their own packages.
+The library: data, models, similarity, loss, evaluation, features, drawing. The application
+(the training recipe `scan.train`, the jobs in `scan.pipeline`, the command line `scan.cli`)
+builds on it; nothing here imports it.
 
-    from scan import load_model, score_matrix, retrieval_metrics
+    from scan import load_model, retrieval_metrics
+    trained = load_model("runs/f30k_t2i_avg")
+    scores = trained.model.score_matrix(images, words, lengths)  # (N, M)
 """
 
 from scan.config import Config, load_config
+from scan.errors import ScanError
 from scan.evaluate.metrics import retrieval_metrics
 from scan.evaluate.protocols import ensemble_scores, evaluate_scores
 from scan.losses import triplet_loss
@@ -14,9 +18,11 @@ from scan.models.loading import load_model
 from scan.models.scan import SCAN, GlobalEmbedding, build_model
 from scan.similarity.dispatch import batch_scores, score_matrix
 from scan.similarity.functional import attend
+from scan.similarity.options import AttentionOptions
 
 __all__ = [
     "SCAN",
+    "AttentionOptions",
     "Config",
     "GlobalEmbedding",
     "attend",
@@ -26,6 +32,7 @@ __all__ = [
     "evaluate_scores",
     "load_config",
     "load_model",
+    "ScanError",
     "retrieval_metrics",
     "score_matrix",
     "triplet_loss",

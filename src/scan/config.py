@@ -2,18 +2,42 @@
 
 A run is fully described by a `Config`; the resolved config is written into every run
 directory (`config.yaml`) so a result can always be traced to the settings that produced it.
-The published recipes live in `configs/*.yaml`; `scan train --config configs/f30k_t2i.yaml
-train.lr=1e-4 model.agg=Mean` layers overrides on top.
+The published recipes ship inside the package (`scan/configs/*.yaml`, also reachable as
+`configs/` in the repository), so an installed `scan` finds them by name:
+`scan train --config f30k_t2i_avg train.lr=1e-4 model.agg=Mean` layers overrides on top.
+
+Every value is checked when the config loads (types, ranges, the fixed sets of choices), so a
+negative learning rate or a misspelt pooling is one clear `ConfigError` naming the field, never a
+crash at the first training step or a silently different computation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
+
+from scan.errors import ConfigError
+from scan.similarity.options import Direction, Norm, Pooling
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "dump_config",
+    "find_config",
+    "load_config",
+    "packaged_configs",
+    "update_config",
+]
 
 
 @dataclass
@@ -33,7 +57,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    architecture: str = "scan"  # "scan" (cross attention) or "vse" (global-embedding baseline)
+    architecture: Literal["scan", "vse"] = "scan"  # "scan" (cross attention) or "vse" (global-embedding baseline)
     image_dim: int = 2048  # F: region feature size (bottom-up Faster R-CNN: 2048)
     embed_dim: int = 1024  # D: joint embedding size
     image_weight_norm: bool = False  # weight-normalised image projection (authors' option)
@@ -42,10 +66,10 @@ class ModelConfig:
     num_layers: int = 1  # GRU layers
     bidirectional: bool = True  # bi-GRU, the two directions averaged (not concatenated)
     freeze_text: bool = False  # keep the pretrained text model fixed, train the projection only
-    direction: str = "t2i"  # "t2i": words attend to regions; "i2t": regions attend to words
-    raw_feature_norm: str = "clipped_l2norm"  # normalisation of raw scores over the query axis
+    direction: Direction = "t2i"  # "t2i": words attend to regions; "i2t": regions attend to words
+    raw_feature_norm: Norm = "clipped_l2norm"  # normalisation of raw scores over the query axis
     lambda_softmax: float = 9.0  # lambda_1: inverse temperature of the attention softmax
-    agg: str = "LogSumExp"  # pooling of relevances: LogSumExp, Mean, Max or Sum
+    agg: Pooling = "LogSumExp"  # pooling of relevances: LogSumExp, Mean, Max or Sum
     lambda_lse: float = 6.0  # lambda_2 of LogSumExp pooling
     vocab_size: int = 0  # set from the vocabulary at set-up; stored so checkpoints rebuild alone
 
@@ -65,9 +89,9 @@ class TrainConfig:
     log_every_steps: int = 20  # write a line to metrics.jsonl every N steps
     seed: int = 0  # seeds model initialisation, shuffling and dropout
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"  # "fp32", "bf16" (autocast, GPU), "auto": bf16 on a GPU else fp32
-    scoring_backend: str = "auto"  # "auto", "torch" or "triton" for the pairwise scores
-    scoring_precision: str = "auto"  # pairwise scores: "auto" (bf16 on Triton, else fp32), "fp32" (exact), "tf32", "bf16"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # encoders: "bf16" autocast (GPU); "auto": bf16 on a GPU else fp32
+    scoring_backend: Literal["auto", "torch", "triton"] = "auto"  # the path of the pairwise scores
+    scoring_precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"  # pairwise scores: "auto" (bf16 on Triton, else fp32), "fp32" (exact)
     run_dir: str = "runs/scan"  # checkpoints, metrics and the resolved config go here
     max_steps: int = 0  # stop after this many steps (0: no limit); for smoke runs
     progress: bool = True  # show a progress bar
@@ -82,9 +106,75 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> Config:
+        """Check every value against its range and choices; raises `ConfigError` naming the field."""
+        _validate(self)
+        return self
 
-class ConfigError(ValueError):
-    """A config file or override names an unknown field or gives a value of the wrong type."""
+
+def _choices() -> dict[str, tuple[Any, ...]]:
+    """`section.field -> allowed values` for every field typed as a `Literal`."""
+    out = {}
+    for section, section_class in get_type_hints(Config).items():
+        for key, hint in get_type_hints(section_class).items():
+            if get_origin(hint) is Literal:
+                out[f"{section}.{key}"] = get_args(hint)
+    return out
+
+
+# (field, lowest allowed value, whether that value itself is allowed)
+_RANGES: tuple[tuple[str, float, bool], ...] = (
+    ("data.vocab_threshold", 1, True),
+    ("data.batch_size", 2, True),  # one caption per batch has no negative to learn from
+    ("data.workers", 0, True),
+    ("data.val_max_images", 0, True),
+    ("model.image_dim", 0, True),  # 0 until set from the data
+    ("model.embed_dim", 1, True),
+    ("model.word_dim", 1, True),
+    ("model.num_layers", 1, True),
+    ("model.lambda_softmax", 0, False),
+    ("model.lambda_lse", 0, False),
+    ("model.vocab_size", 0, True),
+    ("train.epochs", 1, True),
+    ("train.lr", 0, False),
+    ("train.lr_decay_epochs", 0, True),
+    ("train.lr_decay", 0, False),
+    ("train.margin", 0, True),
+    ("train.sum_negatives_epochs", 0, True),
+    ("train.grad_clip", 0, True),
+    ("train.val_every_steps", 0, True),
+    ("train.checkpoint_every_steps", 0, True),
+    ("train.log_every_steps", 1, True),
+    ("train.max_steps", 0, True),
+)
+
+
+def _validate(config: Config) -> None:
+    import math
+
+    def value(dotted: str) -> Any:
+        section, key = dotted.split(".")
+        return getattr(getattr(config, section), key)
+
+    for dotted, allowed in _choices().items():
+        if value(dotted) not in allowed:
+            raise ConfigError(f"{dotted}: {value(dotted)!r} is not one of {list(allowed)}")
+    for dotted, lowest, inclusive in _RANGES:
+        v = value(dotted)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{dotted}: must be a finite number, got {v!r}")
+        if v < lowest or (v == lowest and not inclusive):
+            bound = f">= {lowest}" if inclusive else f"> {lowest}"
+            raise ConfigError(f"{dotted}: must be {bound}, got {v!r}")
+    # The attention options are one typed object; building it checks them together.
+    from scan.similarity.options import AttentionOptions
+
+    m = config.model
+    AttentionOptions(direction=m.direction, norm=m.raw_feature_norm, smooth=m.lambda_softmax, agg=m.agg, lambda_lse=m.lambda_lse)
+    from scan.models.registry import TEXT_ENCODERS
+
+    if m.text_encoder not in TEXT_ENCODERS:
+        raise ConfigError(f"model.text_encoder: {m.text_encoder!r} is not one of {sorted(TEXT_ENCODERS)}")
 
 
 def _coerce(value: Any, current: Any, where: str) -> Any:
@@ -149,23 +239,46 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     return config
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The recipes that ship with the package, by name (`f30k_t2i_avg`, `demo_flickr8k`, ...)."""
+    folder = importlib.resources.files("scan") / "configs"
+    return {Path(str(item)).stem: Path(str(item)) for item in folder.iterdir() if str(item).endswith(".yaml")}
+
+
+def find_config(name: str | Path) -> Path:
+    """A config file by path, or a packaged recipe by name (`f30k_t2i_avg`, `configs/f30k_t2i_avg.yaml`).
+
+    A path that exists wins; otherwise the file name (without `.yaml`) is looked up among the
+    recipes in the package, so the README's `configs/...` lines work from any directory.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    packaged = packaged_configs()
+    stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if stem in packaged:
+        return packaged[stem]
+    raise ConfigError(f"{name}: config file not found, and no packaged recipe of that name; recipes: {sorted(packaged)}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (if any), then the dotted overrides."""
+    """Defaults, then the YAML file (if any), then the dotted overrides; validated."""
     config = Config()
     if path:
-        path = Path(path)
+        path = find_config(path)
         try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         update_config(config, values, source=str(path))
-    return apply_overrides(config, overrides or [])
+    return apply_overrides(config, overrides or []).validate()
 
 
 def config_from_dict(values: dict[str, Any], *, source: str = "checkpoint") -> Config:
-    return update_config(Config(), values, source=source)
+    """A validated config from its `to_dict()` form (a run's `config.yaml`, a checkpoint's state)."""
+    return update_config(Config(), values, source=source).validate()
 
 
 def dump_config(config: Config) -> str:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scan.errors import DataError
 from scan.data.precomp import PrecompSplit, read_lines
+from scan.errors import DataError
 
 N, R, F = 4, 3, 6  # images, regions, feature dims
 
@@ -87,7 +87,16 @@ def test_explicit_captions_per_image(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not fit 3 captions per image"):
         PrecompSplit.open(tmp_path, "test", captions_per_image=3)
     two = _write(tmp_path / "two", features=_features(N), captions=[f"c {k}" for k in range(2 * N)])
-    assert PrecompSplit.open(two, "test").captions_per_image == 2
+    assert PrecompSplit.open(two, "test", captions_per_image=2).captions_per_image == 2
+
+
+def test_only_five_captions_per_image_are_inferred(tmp_path: Path) -> None:
+    # 7 captions per image is a multiple, but far more likely a wrong captions file than a layout.
+    _write(tmp_path, captions=[f"c {k}" for k in range(7 * N)])
+    message = _error(tmp_path)
+    assert f"{N} feature rows" in message and f"{7 * N} captions" in message
+    assert f"expected {5 * N}" in message and "captions_per_image=7" in message
+    assert PrecompSplit.open(tmp_path, "test", captions_per_image=7).num_images == N
 
 
 def test_captions_file_endings(tmp_path: Path) -> None:

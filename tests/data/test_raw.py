@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from scan.errors import DataError
 from scan.data.raw import (
     SPLIT_ALIASES,
     ImageRecord,
@@ -19,6 +18,7 @@ from scan.data.raw import (
     read_karpathy_json,
     select_split,
 )
+from scan.errors import DataError
 
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "flickr8k-800"
 needs_real = pytest.mark.skipif(not (REAL / "captions.txt").is_file(), reason="shared/data/flickr8k-800 not present")
@@ -81,14 +81,14 @@ def test_real_kaggle_csv_agrees_with_json():
 # -- Kaggle CSV -----------------------------------------------------------------------------------
 
 
-def test_csv_quotes_commas_newlines_and_order(tmp_path):
-    caps_b = ["B one , with a comma .", 'B "quoted" word .', "B three\nspans two lines .", "B four .", "B five ."]
+def test_csv_quotes_commas_tabs_and_order(tmp_path):
+    caps_b = ["B one , with a comma .", 'B "quoted" word .', "B three\twith a tab .", "B four .", "B five ."]
     rows = _csv_rows("b.jpg", caps_b[:2]) + _csv_rows("a.jpg", CAPS) + _csv_rows("b.jpg", caps_b[2:])
     text = "image,caption\n" + rows
     root = _write_csv(tmp_path, text, ["a.jpg", "b.jpg"], folder="images")
     records = read_kaggle_captions(root)
     assert [r.filename for r in records] == ["b.jpg", "a.jpg"]  # order of first appearance
-    assert records[0].captions[:3] == ["B one , with a comma .", 'B "quoted" word .', "B three spans two lines ."]
+    assert records[0].captions[:3] == ["B one , with a comma .", 'B "quoted" word .', "B three with a tab ."]
     assert records[1].captions == CAPS
     assert records[0].path == root / "images" / "b.jpg"
 
@@ -207,3 +207,84 @@ def test_real_csv_copy_without_json(tmp_path):
     records = read_image_folder(tmp_path, dev=1, test=1)
     assert [r.filename for r in records] == [line.split(",", 1)[0] for line in head[1::5]]
     assert sorted(r.split for r in records) == ["test", "train", "val"]
+
+
+# -- malformed input that used to pass silently ---------------------------------------------------
+
+
+def test_csv_unbalanced_quote_names_the_line_it_opened(tmp_path):
+    # Row 3 opens a quote it never closes: the csv module would read the rest of the file into that
+    # one caption (dropping b.jpg and c.jpg without a word).
+    text = ("image,caption\n" + _csv_rows("a.jpg", CAPS[:1]) + 'a.jpg,"A dog runs\n'
+            + _csv_rows("b.jpg", CAPS) + _csv_rows("c.jpg", CAPS))
+    root = _write_csv(tmp_path, text, ["a.jpg", "b.jpg", "c.jpg"])
+    with pytest.raises(DataError, match=r"captions\.txt:3: unbalanced quote") as caught:
+        read_kaggle_captions(root, captions_per_image=None)
+    assert "close it or remove it" in str(caught.value)
+    # A later quoted caption closes the stray quote: still the line where it opened.
+    text2 = "image,caption\n" + 'a.jpg,"A dog runs\n' + _csv_rows("b.jpg", ["B, with a comma ."] * 5)
+    root2 = _write_csv(tmp_path / "two", text2, ["a.jpg", "b.jpg"])
+    with pytest.raises(DataError, match=r"captions\.txt:2: unbalanced quote"):
+        read_kaggle_captions(root2, captions_per_image=None)
+    # On the last line, with nothing after it.
+    root3 = _write_csv(tmp_path / "three", "image,caption\n" + _csv_rows("a.jpg", CAPS) + 'a.jpg,"Six', ["a.jpg"])
+    with pytest.raises(DataError, match=r"captions\.txt:7: unbalanced quote"):
+        read_kaggle_captions(root3, captions_per_image=None)
+
+
+def test_json_unknown_split_names_field(tmp_path):
+    _touch_images(tmp_path / "images", ["a.jpg", "b.jpg"])
+    path = tmp_path / "dataset_x.json"
+    path.write_text(json.dumps(_karpathy([_entry("a.jpg", "train"), _entry("b.jpg", "validation")])))
+    with pytest.raises(DataError, match=r"dataset_x\.json: field 'images\[1\]\.split': unknown split "
+                                        r"'validation'.*train, val, test, restval"):
+        read_karpathy_json(path)
+
+
+@pytest.mark.parametrize("name", ["../outside.jpg", "sub/../../outside.jpg", "{abs}"])
+def test_image_names_outside_the_folder_are_refused(tmp_path, name):
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"a file the data set must not reach")
+    name = name.format(abs=outside)
+    root = tmp_path / "data"
+    _write_csv(root, "image,caption\n" + _csv_rows("a.jpg", CAPS) + _csv_rows(name, CAPS), ["a.jpg"])
+    with pytest.raises(DataError, match=r"captions\.txt:7: field 'image': .*outside the image folder"):
+        read_kaggle_captions(root)
+    path = root / "dataset_x.json"
+    path.write_text(json.dumps(_karpathy([_entry("a.jpg", "train"), _entry(name, "test")])))
+    with pytest.raises(DataError, match=r"field 'images\[1\]\.filename': .*outside the image folder"):
+        read_karpathy_json(path, root / "Images")
+    path.write_text(json.dumps(_karpathy([_entry("outside.jpg", "test", filepath="../..")])))
+    with pytest.raises(DataError, match=r"field 'images\[0\]\.filepath': .*outside the image folder"):
+        read_karpathy_json(path, root / "Images")
+
+
+def test_names_inside_the_folder_still_work(tmp_path):
+    _touch_images(tmp_path / "Images" / "sub", ["a.jpg"])
+    root = _write_csv(tmp_path, "image,caption\n" + _csv_rows("sub/../sub/a.jpg", CAPS), [])
+    assert read_kaggle_captions(root)[0].path.is_file()
+
+
+def test_non_utf8_files_name_the_line(tmp_path):
+    root = _write_csv(tmp_path, "", ["a.jpg"])
+    text = ("image,caption\n" + _csv_rows("a.jpg", CAPS)).encode("utf-8")
+    (root / "captions.txt").write_bytes(text.replace(b"Dog .", b"Dog \xe9t\xe9 ."))  # Latin-1, line 5
+    with pytest.raises(DataError, match=r"captions\.txt:5: not valid UTF-8.*save it as UTF-8"):
+        read_kaggle_captions(root)
+    path = tmp_path / "dataset_x.json"
+    document = json.dumps(_karpathy([_entry("a.jpg", "train")]), indent=1).encode("utf-8")
+    line = document[: document.index(b"Dog .")].count(b"\n") + 1
+    path.write_bytes(document.replace(b"Dog .", b"Dog \xe9t\xe9 ."))
+    with pytest.raises(DataError, match=rf"dataset_x\.json:{line}: not valid UTF-8"):
+        read_karpathy_json(path, tmp_path / "Images")
+
+
+def test_csv_byte_order_mark_is_accepted(tmp_path):
+    root = _write_csv(tmp_path, "\ufeffimage,caption\n" + _csv_rows("a.jpg", CAPS), ["a.jpg"])
+    assert read_kaggle_captions(root)[0].captions == CAPS
+
+
+def test_no_first_draft_alias():
+    import scan.data.raw
+
+    assert not hasattr(scan.data.raw, "RawDataError")  # one name for one class: DataError

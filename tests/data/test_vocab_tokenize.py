@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from scan.errors import DataError
 from scan.data.tokenize import tokenize
 from scan.data.vocab import (
     END,
@@ -25,6 +24,7 @@ from scan.data.vocab import (
     load_vocabulary,
     save_vocabulary,
 )
+from scan.errors import DataError
 
 REAL = Path("/work/shared/data/scan-format")
 REAL_VOCAB = REAL / "f30k_precomp_vocab.json"
@@ -204,3 +204,26 @@ def test_load_rejects_non_json_with_line(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_vocabulary(tmp_path / "absent.json")
     assert issubclass(DataError, ValueError)
+
+
+def test_load_rejects_non_utf8_with_line(tmp_path: Path) -> None:
+    path = tmp_path / "vocab.json"
+    path.write_bytes(b'[\n"<pad>", "<start>", "<end>", "<unk>",\n"caf\xe9"\n]')  # Latin-1 on line 3
+    with pytest.raises(DataError, match=r"vocab\.json:3: not valid UTF-8"):
+        load_vocabulary(path)
+
+
+def test_unknown_token_rate_skips_special_tokens() -> None:
+    from scan.data.vocab import PAD_ID, unknown_token_rate
+
+    assert unknown_token_rate([], UNK_ID) == 0.0
+    assert unknown_token_rate([[START_ID, END_ID]], UNK_ID) == 0.0  # no words at all
+    padded = [[START_ID, 7, UNK_ID, END_ID, PAD_ID], [START_ID, UNK_ID, UNK_ID, 9, END_ID]]
+    assert unknown_token_rate(padded, UNK_ID) == pytest.approx(3 / 5)
+    assert unknown_token_rate([[START_ID, UNK_ID, END_ID]] * 3, UNK_ID) == 1.0  # all captions unknown
+    # Another tokenizer's ids (BERT: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102).
+    bert = [[101, 2023, 100, 102, 0]]
+    assert unknown_token_rate(bert, 100, special_ids=(0, 101, 102)) == 0.5
+    vocab = build_vocabulary(["a dog runs"], threshold=1)
+    ids = [vocab.encode(c) for c in ("a dog flies", "a cat flies")]
+    assert unknown_token_rate(ids, vocab.unk_id) == vocab.unknown_rate(["a dog flies", "a cat flies"])

@@ -260,7 +260,6 @@ def photos(tmp_path_factory):
 def extractors():
     from scan.features.extract import ExtractConfig, RegionExtractor
 
-    threads = torch.get_num_threads()
     made = {}
 
     def get(mode: str):
@@ -268,8 +267,7 @@ def extractors():
             made[mode] = RegionExtractor(ExtractConfig(mode=mode))
         return made[mode]
 
-    yield get
-    torch.set_num_threads(threads)  # the extractor sets the process-wide thread count
+    return get
 
 
 def _config(**kw):
@@ -426,13 +424,124 @@ def test_cli_extract_end_to_end(photos, tmp_path, capsys):
         entries.append({"filename": r.filename, "split": split, "sentences": [{"raw": c} for c in r.captions]})
     (root / "dataset_tiny.json").write_text(json.dumps({"images": entries}))
     threads = torch.get_num_threads()
-    try:
-        assert main(["--data", str(root), "--out", str(tmp_path / "out"), "--mode", "grid", "--quiet",
-                     "--workers", "1", "--batch-size", "3"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["--data", str(root), "--out", str(tmp_path / "out"), "--mode", "grid", "--quiet",
+                 "--workers", "1", "--batch-size", "3"]) == 0
+    assert torch.get_num_threads() == threads  # the extraction's one thread per image is undone
     out = capsys.readouterr().out
     assert "train: 2 images" in out and "dev: 1 images" in out and "test: 1 images" in out
     assert np.load(tmp_path / "out" / "dev_ims.npy").shape == (1, 36, 1280)
     assert main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+# -- image decoding, locking, threads, errors ---------------------------------------------------------
+
+
+def _ramp16() -> tuple[np.ndarray, np.ndarray]:
+    """A 16-bit grey ramp (16, 16) and the 8-bit ramp it should become."""
+    eight = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    return eight.astype(np.uint16) * 257, eight
+
+
+@pytest.mark.parametrize("mode,suffix", [("I;16", ".png"), ("I;16B", ".tif"), ("I", ".tif")])
+def test_load_image_rescales_16_bit_grey(tmp_path, mode, suffix):
+    Image = pytest.importorskip("PIL.Image")
+    from scan.features.extract import load_image
+
+    ramp16, ramp8 = _ramp16()
+    if mode == "I;16B":
+        image = Image.frombytes(mode, (16, 16), ramp16.astype(">u2").tobytes())
+    else:
+        image = Image.fromarray(ramp16.astype(np.int32 if mode == "I" else np.uint16))
+    assert image.mode == mode
+    path = tmp_path / f"ramp{suffix}"
+    image.save(path)
+    assert Image.open(path).mode in (mode, "I;16")  # what PIL hands back (before: all but black was 255)
+    array = load_image(path)
+    assert array.dtype == np.uint8 and array.shape == (16, 16, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(array[..., channel], ramp8)
+    # Values between the exact multiples of 257 round to the nearest 8-bit level.
+    between = np.linspace(0, 65535, 256).round().astype(np.uint16).reshape(16, 16)
+    Image.fromarray(between).save(tmp_path / "between.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "between.png")[..., 0], np.round(between / 257.0))
+
+
+def test_load_image_16_bit_rgb(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("PIL")
+    from scan.features.extract import load_image
+
+    ramp16, ramp8 = _ramp16()
+    rgb16 = np.dstack([ramp16, ramp16[::-1], np.full_like(ramp16, 65535)])  # (16, 16, 3) R, G, B
+    assert cv2.imwrite(str(tmp_path / "rgb16.png"), rgb16[..., ::-1])  # OpenCV writes BGR
+    array = load_image(tmp_path / "rgb16.png")
+    np.testing.assert_array_equal(array, np.dstack([ramp8, ramp8[::-1], np.full_like(ramp8, 255)]))
+
+
+def _hold_lock(folder: Path, ready, release) -> None:
+    from scan.atomic import FolderLock
+
+    with FolderLock(folder, purpose="another scan extract"):
+        ready.set()
+        release.wait(30)
+
+
+def test_second_extraction_into_one_folder_is_refused(tmp_path):
+    import multiprocessing
+
+    from scan.errors import FolderBusyError
+    from scan.features.extract import extract_dataset, extract_split
+
+    records = [ImageRecord("a.jpg", tmp_path / "a.jpg", "test", ["a caption ."] * 5)]
+    out = tmp_path / "out"
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(out, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60), "the lock-holding process did not start"
+        with pytest.raises(FolderBusyError, match=rf"{out}: in use by another process \(another scan extract, pid"):
+            extract_dataset(tmp_path, out, _config(mode="grid"), ["test"], progress=False, records=records)
+        with pytest.raises(FolderBusyError, match="another scan extract"):
+            extract_split(records, out, "test", _config(mode="grid"), progress=False)
+        assert not list(out.glob("test_*"))  # nothing was written beside the other run's files
+    finally:
+        release.set()
+        holder.join(30)
+    from scan.atomic import FolderLock
+
+    with FolderLock(out):  # the refused runs left no lock of their own behind
+        pass
+
+
+def test_extraction_keeps_the_thread_count(photos, tmp_path):
+    from scan.features.extract import ExtractConfig, RegionExtractor, extract_dataset, extract_split
+
+    before = torch.get_num_threads()
+    wanted = 3 if before != 3 else 2
+    torch.set_num_threads(wanted)
+    try:
+        extractor = RegionExtractor(ExtractConfig(mode="grid"))
+        assert torch.get_num_threads() == wanted  # building the models changes no process-wide state
+        during = []
+        extract_split(photos[:1], tmp_path / "a", "test", _config(mode="grid"), progress=False, extractor=extractor,
+                      on_batch=lambda done, total: during.append(torch.get_num_threads()))
+        assert during == [1] and torch.get_num_threads() == wanted  # one thread per image, while extracting
+        records = [ImageRecord(r.filename, r.path, "test", r.captions) for r in photos[:1]]
+        extract_dataset(tmp_path, tmp_path / "b", _config(mode="grid"), ["test"], progress=False, records=records)
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_extraction_errors_are_scan_errors(tmp_path):
+    import scan.errors
+    from scan.features import extract
+
+    assert extract.ExtractionError is scan.errors.ExtractionError  # one class, not a look-alike
+    assert issubclass(extract.ImageLoadError, scan.errors.ScanError)
+    assert issubclass(extract.ImageLoadError, OSError)
+    pytest.importorskip("PIL")
+    with pytest.raises(extract.ImageLoadError, match=r"missing\.jpg: image file not found"):
+        extract.load_image(tmp_path / "missing.jpg")

@@ -20,7 +20,8 @@ def test_full_demo_scan_beats_the_baseline_far_above_chance(tmp_path):
     pytest.importorskip("cv2")
     if not SOURCE.exists():
         pytest.skip("../shared/data/flickr8k-800 is not beside the repository")
-    from scan.cli.demo import ENSEMBLE, main
+    from scan.cli.demo import main
+    from scan.pipeline import DEMO_ENSEMBLE as ENSEMBLE
 
     assert main(["--data", str(SOURCE), "--out", str(tmp_path), "--quiet"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())

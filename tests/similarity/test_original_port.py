@@ -20,7 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import original_port  # noqa: E402
 from reference_scan import reference_scores  # noqa: E402
-from scan.similarity.functional import POOLINGS, RAW_FEATURE_NORMS  # noqa: E402
+from scan.similarity.options import NORMS, POOLINGS  # noqa: E402
+
+RAW_FEATURE_NORMS = tuple(NORMS)
+POOLING_NAMES = tuple(POOLINGS)
 
 LAMBDA = {"t2i": 9.0, "i2t": 4.0}
 
@@ -35,11 +38,11 @@ def inputs(seed: int, *, ragged: bool, n=5, m=7, r=6, w=6, d=16):
 
 
 @pytest.mark.parametrize(
-    "direction,norm,agg", list(itertools.product(("t2i", "i2t"), RAW_FEATURE_NORMS, POOLINGS))
+    "direction,norm,agg", list(itertools.product(("t2i", "i2t"), RAW_FEATURE_NORMS, POOLING_NAMES))
 )
 def test_port_matches_reference(direction, norm, agg):
     for ragged in (False, True):
-        images, captions, lengths = inputs(RAW_FEATURE_NORMS.index(norm) * 4 + POOLINGS.index(agg), ragged=ragged)
+        images, captions, lengths = inputs(RAW_FEATURE_NORMS.index(norm) * 4 + POOLING_NAMES.index(agg), ragged=ragged)
         opt = original_port.Options(raw_feature_norm=norm, lambda_softmax=LAMBDA[direction], agg_func=agg, lambda_lse=6.0)
         ours = original_port.shard_xattn(
             images.numpy(), captions.numpy(), lengths.tolist(), opt, direction=direction, shard_size=4

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from reference_scan import reference_scores
 
-from scan.similarity.functional import POOLINGS, RAW_FEATURE_NORMS, attend, cosine, pool
+from scan.errors import ConfigError
+from scan.similarity.functional import attend, cosine, normalize_raw_scores, pool
+from scan.similarity.options import NORMS, POOLINGS, AttentionOptions
 from scan.similarity.torch import pairwise_scores, score_matrix
 
 LAMBDA = {"t2i": 9.0, "i2t": 4.0}
@@ -32,20 +34,27 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
 
 
+def reference(images, captions, lengths, opts: AttentionOptions):
+    return reference_scores(
+        images, captions, lengths,
+        direction=opts.direction, norm=opts.norm, smooth=opts.smooth, agg=opts.agg, lambda_lse=opts.lambda_lse,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "direction,norm,agg", list(itertools.product(("t2i", "i2t"), RAW_FEATURE_NORMS, POOLINGS))
+    "direction,norm,agg", list(itertools.product(("t2i", "i2t"), NORMS, POOLINGS))
 )
 def test_pairwise_matches_reference_forward_and_backward(direction, norm, agg):
     seed = zlib.crc32(f"{direction}-{norm}-{agg}".encode())  # stable across processes: a failure reproduces
     images, captions, lengths, mask = random_inputs(seed)
-    opts = dict(direction=direction, norm=norm, smooth=LAMBDA[direction], agg=agg, lambda_lse=6.0)
+    opts = AttentionOptions(direction=direction, norm=norm, smooth=LAMBDA[direction], agg=agg, lambda_lse=6.0)
 
     ours_images = images.clone().requires_grad_()
     ours_captions = captions.clone().requires_grad_()
-    ours = pairwise_scores(ours_images, ours_captions, mask, **opts)
+    ours = pairwise_scores(ours_images, ours_captions, mask, opts)
     ref_images = images.clone().requires_grad_()
     ref_captions = captions.clone().requires_grad_()
-    ref = reference_scores(ref_images, ref_captions, lengths, **opts)
+    ref = reference(ref_images, ref_captions, lengths, opts)
     assert ours.shape == (3, 4)
     assert rel_err(ours, ref) < 1e-5
 
@@ -61,12 +70,12 @@ def test_pairwise_matches_reference_forward_and_backward(direction, norm, agg):
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
 def test_score_matrix_tiles_match_single_block(direction):
     images, captions, lengths, mask = random_inputs(7, n=11, m=13, w=9)
-    opts = dict(direction=direction, norm="clipped_l2norm", smooth=LAMBDA[direction], agg="LogSumExp", lambda_lse=6.0)
-    whole = pairwise_scores(images, captions, mask, **opts)
-    tiled = score_matrix(images, captions, lengths, image_block=4, caption_block=5, **opts)
+    opts = AttentionOptions(direction=direction, norm="clipped_l2norm", smooth=LAMBDA[direction], agg="LogSumExp")
+    whole = pairwise_scores(images, captions, mask, opts)
+    tiled = score_matrix(images, captions, lengths, opts, image_block=4, caption_block=5)
     assert tiled.dtype == torch.float32
     assert rel_err(tiled.double(), whole) < 1e-6
-    budget = score_matrix(images, captions, lengths, memory_budget_mb=0.01, **opts)
+    budget = score_matrix(images, captions, lengths, opts, memory_budget_mb=0.01)
     assert rel_err(budget.double(), whole) < 1e-6
 
 
@@ -91,19 +100,29 @@ def test_cosine_matches_torch():
 
 
 def test_bad_options_are_named():
+    """The pure functions take plain strings; a misspelt one is a ConfigError naming the option."""
+    scores = torch.randn(2, 3)
+    with pytest.raises(ConfigError, match="raw_feature_norm: 'l3norm'"):
+        normalize_raw_scores(scores, norm="l3norm", dim=1)
+    with pytest.raises(ConfigError, match="agg: 'Median'"):
+        pool(scores, agg="Median")
+
+
+def test_pairwise_scores_takes_the_options_object_only():
     images, captions, lengths, mask = random_inputs(0)
-    with pytest.raises(ValueError, match="raw_feature_norm"):
-        pairwise_scores(images, captions, mask, norm="l3norm")
-    with pytest.raises(ValueError, match="agg"):
-        pairwise_scores(images, captions, mask, agg="Median")
+    with pytest.raises(TypeError, match="AttentionOptions"):
+        pairwise_scores(images, captions, mask, {"direction": "t2i"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="AttentionOptions"):
+        score_matrix(images, captions, lengths, None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
-@pytest.mark.parametrize("norm", RAW_FEATURE_NORMS)
+@pytest.mark.parametrize("norm", NORMS)
 def test_zero_padded_captions_give_finite_gradients(direction, norm):
     """The text encoder pads with exact zeros; all-zero score slices must not poison gradients."""
     images, captions, lengths, mask = random_inputs(11)
     captions = (captions * mask[..., None]).requires_grad_()
-    scores = pairwise_scores(images, captions, mask, direction=direction, norm=norm, smooth=4.0, agg="LogSumExp", lambda_lse=6.0)
+    opts = AttentionOptions(direction=direction, norm=norm, smooth=4.0, agg="LogSumExp", lambda_lse=6.0)
+    scores = pairwise_scores(images, captions, mask, opts)
     scores.sum().backward()
     assert torch.isfinite(scores).all() and torch.isfinite(captions.grad).all()

@@ -26,7 +26,7 @@ from reference_scan import reference_scores  # noqa: E402
 
 from scan.similarity import dispatch  # noqa: E402
 from scan.similarity import triton as tri  # noqa: E402
-from scan.similarity.functional import POOLINGS, RAW_FEATURE_NORMS  # noqa: E402
+from scan.similarity.options import NORMS, POOLINGS, AttentionOptions  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -53,27 +53,49 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double().cpu() - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
 
 
-def options(direction: str, norm: str = "clipped_l2norm", agg: str = "LogSumExp") -> dict:
-    return dict(direction=direction, norm=norm, smooth=LAMBDA[direction], agg=agg, lambda_lse=6.0)
+def options(direction: str, norm: str = "clipped_l2norm", agg: str = "LogSumExp") -> AttentionOptions:
+    return AttentionOptions(direction=direction, norm=norm, smooth=LAMBDA[direction], agg=agg, lambda_lse=6.0)
+
+
+def reference(images, captions, lengths, opts: AttentionOptions):
+    return reference_scores(
+        images, captions, lengths,
+        direction=opts.direction, norm=opts.norm, smooth=opts.smooth, agg=opts.agg, lambda_lse=opts.lambda_lse,
+    )  # fmt: skip
+
+
+# What the tables say the kernels implement; the tests below check the kernels against that.
+TRITON_NORMS = [name for name, spec in NORMS.items() if "triton" in spec.backends]
+TRITON_POOLINGS = [name for name, spec in POOLINGS.items() if "triton" in spec.backends]
+
+
+def test_tables_name_exactly_the_kernel_codes():
+    """An option listed for triton has a kernel code, and a kernel code is listed: neither side
+    can claim what the other lacks. Codes are distinct, so no two names compute the same branch."""
+    assert set(TRITON_NORMS) == set(tri._NORM_CODES)
+    assert set(TRITON_POOLINGS) == set(tri._POOL_CODES)
+    assert sorted(tri._NORM_CODES.values()) == list(range(len(tri._NORM_CODES)))
+    assert sorted(tri._POOL_CODES.values()) == list(range(len(tri._POOL_CODES)))
 
 
 @pytest.mark.parametrize(
-    "direction,norm,agg", list(itertools.product(("t2i", "i2t"), RAW_FEATURE_NORMS, POOLINGS))
+    "direction,norm,agg", list(itertools.product(("t2i", "i2t"), TRITON_NORMS, TRITON_POOLINGS))
 )
 def test_training_path_matches_reference_forward_and_backward(direction, norm, agg):
-    """Every direction, norm and pooling; ragged captions in one length bucket."""
-    seed = len(norm) * 31 + POOLINGS.index(agg) * 7 + (direction == "i2t")
+    """Every direction, and every norm and pooling the tables list for triton; ragged captions in
+    one length bucket."""
+    seed = len(norm) * 31 + list(POOLINGS).index(agg) * 7 + (direction == "i2t")
     images, captions, lengths, mask = random_inputs(seed)
     opts = options(direction, norm, agg)
     ref_images = images.clone().requires_grad_()
     ref_captions = captions.clone().requires_grad_()
-    ref = reference_scores(ref_images, ref_captions, lengths, **opts)
+    ref = reference(ref_images, ref_captions, lengths, opts)
     weights = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     (ref * weights).sum().backward()
 
     ours_images = images.float().to(DEVICE).requires_grad_()
     ours_captions = captions.float().to(DEVICE).requires_grad_()
-    ours = tri.batch_scores(ours_images, ours_captions, mask.to(DEVICE), precision="fp32", **opts)
+    ours = tri.batch_scores(ours_images, ours_captions, mask.to(DEVICE), opts, precision="fp32")
     (ours * weights.float().to(DEVICE)).sum().backward()
 
     assert ours.shape == ref.shape and ours.dtype == torch.float32
@@ -88,22 +110,22 @@ def test_training_path_matches_reference_forward_and_backward(direction, norm, a
 def test_reduced_precision_forward_and_backward(direction, precision):
     images, captions, lengths, mask = random_inputs(11)
     opts = options(direction, "clipped_l2norm", "Mean")
-    ref = reference_scores(images, captions, lengths, **opts)
+    ref = reference(images, captions, lengths, opts)
     # bf16 rounds the embeddings: its gradient is the exact one at the rounded inputs.
     rounded = (lambda x: x.to(torch.bfloat16).double()) if precision == "bf16" else (lambda x: x.float().double())
     ref_images = rounded(images).requires_grad_()
     ref_captions = rounded(captions).requires_grad_()
-    (reference_scores(ref_images, ref_captions, lengths, **opts).sum()).backward()
+    (reference(ref_images, ref_captions, lengths, opts).sum()).backward()
 
     ours_images = images.float().to(DEVICE).requires_grad_()
     ours_captions = captions.float().to(DEVICE).requires_grad_()
-    ours = tri.batch_scores(ours_images, ours_captions, mask.to(DEVICE), precision=precision, **opts)
+    ours = tri.batch_scores(ours_images, ours_captions, mask.to(DEVICE), opts, precision=precision)
     ours.sum().backward()
     assert rel_err(ours, ref) < TOLERANCE[precision]
     assert rel_err(ours_images.grad, ref_images.grad) < TOLERANCE[precision]
     assert rel_err(ours_captions.grad, ref_captions.grad) < TOLERANCE[precision]
 
-    matrix = tri.score_matrix(images.float(), captions.float(), lengths, precision=precision, device=DEVICE, **opts)
+    matrix = tri.score_matrix(images.float(), captions.float(), lengths, opts, precision=precision, device=DEVICE)
     assert rel_err(matrix, ref) < TOLERANCE[precision]
 
 
@@ -118,12 +140,12 @@ def test_score_matrix_ragged_buckets_partial_tiles_and_chunks(direction, monkeyp
     lengths = torch.tensor([8, 1, 2, 3, 4, 5, 7, 8, 6])
     images, captions, lengths, mask = random_inputs(5, n=9, m=9, r=7, d=40, lengths=lengths)
     opts = options(direction, "clipped_l2norm", "LogSumExp")
-    ref = reference_scores(images, captions, lengths, **opts)
-    whole = tri.score_matrix(images.float(), captions.float(), lengths, precision="fp32", device=DEVICE, **opts)
+    ref = reference(images, captions, lengths, opts)
+    whole = tri.score_matrix(images.float(), captions.float(), lengths, opts, precision="fp32", device=DEVICE)
     assert whole.shape == (9, 9) and whole.dtype == torch.float32 and whole.device.type == "cpu"
     assert rel_err(whole, ref) < 1e-4
     chunked = tri.score_matrix(
-        images.float(), captions.float(), lengths, precision="fp32", device=DEVICE, memory_budget_mb=0.2, **opts
+        images.float(), captions.float(), lengths, opts, precision="fp32", device=DEVICE, memory_budget_mb=0.2
     )
     assert rel_err(chunked, ref) < 1e-4
 
@@ -135,11 +157,11 @@ def test_training_path_with_captions_in_several_length_buckets(direction):
     opts = options(direction, "clipped_l2norm", "LogSumExp")
     ref_images = images.clone().requires_grad_()
     ref_captions = captions.clone().requires_grad_()
-    ref = reference_scores(ref_images, ref_captions, lengths, **opts)
+    ref = reference(ref_images, ref_captions, lengths, opts)
     ref.sum().backward()
     ours_images = images.float().to(DEVICE).requires_grad_()
     ours_captions = captions.float().to(DEVICE).requires_grad_()
-    ours = tri.batch_scores(ours_images, ours_captions, mask.to(DEVICE), precision="fp32", **opts)
+    ours = tri.batch_scores(ours_images, ours_captions, mask.to(DEVICE), opts, precision="fp32")
     ours.sum().backward()
     assert rel_err(ours, ref) < 1e-4
     assert rel_err(ours_images.grad, ref_images.grad) < 1e-4
@@ -154,9 +176,9 @@ def test_rankings_agree_wherever_the_reference_margin_exceeds_the_error_bound():
     images, captions, lengths, mask = random_inputs(21, n=9, m=9)
     for direction in ("t2i", "i2t"):
         opts = options(direction, "clipped_l2norm", "Mean")
-        ref = reference_scores(images, captions, lengths, **opts)  # (N, M)
+        ref = reference(images, captions, lengths, opts)  # (N, M)
         for precision in ("fp32", "bf16"):
-            ours = tri.score_matrix(images.float(), captions.float(), lengths, precision=precision, device=DEVICE, **opts)
+            ours = tri.score_matrix(images.float(), captions.float(), lengths, opts, precision=precision, device=DEVICE)
             bound = 2 * TOLERANCE[precision] * ref.abs().max()
             decided = 0
             for rows_ref, rows_ours in ((ref, ours.double()), (ref.T, ours.double().T)):
@@ -197,11 +219,11 @@ def planted_margin_inputs(n=6, m=6, r=6, w=8, d=32, seed=0):
 def test_rankings_identical_when_margins_exceed_rounding(direction):
     images, captions, lengths = planted_margin_inputs()
     opts = options(direction, "clipped_l2norm", "Mean")
-    ref = reference_scores(images, captions, lengths, **opts)
+    ref = reference(images, captions, lengths, opts)
     margin = min(ref.sort(dim=0).values.diff(dim=0).min(), ref.sort(dim=1).values.diff(dim=1).min())
     for precision in ("fp32", "bf16"):
         assert margin > 2 * TOLERANCE[precision] * ref.abs().max()  # the premise
-        ours = tri.score_matrix(images.float(), captions.float(), lengths, precision=precision, device=DEVICE, **opts)
+        ours = tri.score_matrix(images.float(), captions.float(), lengths, opts, precision=precision, device=DEVICE)
         assert torch.equal(ours.argsort(dim=0), ref.argsort(dim=0))  # each caption's images
         assert torch.equal(ours.argsort(dim=1), ref.argsort(dim=1))  # each image's captions
 
@@ -210,11 +232,11 @@ def test_dispatch_forces_triton_and_matches_torch():
     images, captions, lengths, mask = random_inputs(8)
     opts = options("i2t", "clipped_l2norm", "LogSumExp")
     fused = dispatch.score_matrix(
-        images.float(), captions.float(), lengths, backend="triton", precision="fp32", device=DEVICE, **opts
+        images.float(), captions.float(), lengths, opts, backend="triton", precision="fp32", device=DEVICE
     )
-    vectorised = dispatch.score_matrix(images.float(), captions.float(), lengths, backend="torch", **opts)
+    vectorised = dispatch.score_matrix(images.float(), captions.float(), lengths, opts, backend="torch")
     assert rel_err(fused, vectorised.double()) < 1e-4
     batch = dispatch.batch_scores(
-        images.float().to(DEVICE), captions.float().to(DEVICE), mask.to(DEVICE), backend="triton", precision="fp32", **opts
+        images.float().to(DEVICE), captions.float().to(DEVICE), mask.to(DEVICE), opts, backend="triton", precision="fp32"
     )
     assert rel_err(batch, vectorised.double()) < 1e-4

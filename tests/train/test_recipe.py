@@ -14,7 +14,7 @@ from scan.data.synthetic import write_synthetic_precomp
 from scan.evaluate.encode import encode_split, score_split
 from scan.evaluate.metrics import retrieval_metrics
 from scan.models.loading import load_model
-from scan.train import checkpoint as ckpt
+from scan import checkpoint as ckpt
 from scan.train import recipe
 
 CONFIG = Path(__file__).parents[2] / "configs" / "synthetic.yaml"

@@ -1,28 +1,50 @@
-"""Helpers shared by the subcommands: turning known errors into one clear line, not a traceback."""
+"""What every subcommand shares: bad input as one clear line, warnings as one line each.
+
+A `ScanError` is the user's to fix, so it prints `scan: error: <message>` and exits with its
+`exit_code` (2, like argparse's usage errors); anything else is a bug and keeps its traceback.
+A missing optional part (`ImportError`: its message names the pip command) and an operating
+system's refusal of a path the user gave (missing, not permitted) are the user's too.
+"""
 
 from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
+from typing import Any
 
-from scan.config import ConfigError
-from scan.errors import DataError
-from scan.train.checkpoint import CheckpointError
+from scan.errors import ScanError
 
-# ImportError: an optional part (extraction, MiniLM) is not installed; its message names the pip command.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError, ImportError)
+# Errors of the user's making that are not ours to wrap: an optional part not installed, or a
+# path the operating system refuses.
+OUTSIDE_ERRORS = (ImportError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    print(f"scan: warning: {message}", file=sys.stderr)
 
 
 def report_user_errors(function: Callable[..., int]) -> Callable[..., int]:
-    """Print `scan: error: <message>` and return 2 for bad input; real bugs keep their traceback."""
+    """Run a subcommand: errors the user can fix become one line and an exit status, not a traceback."""
 
     @functools.wraps(function)
-    def wrapper(*args, **kwargs) -> int:
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        previous = warnings.showwarning
+        warnings.showwarning = _one_line_warning
         try:
             return function(*args, **kwargs)
-        except USER_ERRORS as error:
+        except ScanError as error:
+            print(f"scan: error: {error}", file=sys.stderr)
+            return error.exit_code
+        except OUTSIDE_ERRORS as error:
             print(f"scan: error: {error}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("scan: interrupted", file=sys.stderr)
+            return INTERRUPTED
+        finally:
+            warnings.showwarning = previous
 
     return wrapper

@@ -12,6 +12,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from scan.cli.common import report_user_errors
+
 __all__ = ["build_parser", "main"]
 
 EPILOG = """\
@@ -75,31 +77,34 @@ def _count(value: float | None) -> int | float | None:
     return int(value) if value is not None and value >= 1 else value
 
 
+@report_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``scan extract``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from scan.errors import DataError
-    from scan.features.extract import ExtractConfig, ExtractionError, extract_dataset
+    from scan import pipeline
+    from scan.features.extract import ExtractConfig
 
     config = ExtractConfig(
-        mode=args.mode, num_regions=args.num_regions, image_size=args.image_size, dtype=args.dtype,
-        batch_size=args.batch_size, workers=args.workers, strict=args.strict,
+        mode=args.mode,
+        num_regions=args.num_regions,
+        image_size=args.image_size,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        strict=args.strict,
     )
-    try:
-        config.validate()
-        summaries = extract_dataset(args.data, args.out, config, args.splits, progress=not args.quiet,
-                                    dev=_count(args.dev), test=_count(args.test), seed=args.seed)
-    except (DataError, ValueError) as e:
-        print(f"scan extract: error: {e}", file=sys.stderr)
-        return 2
-    except ExtractionError as e:
-        print(f"scan extract: error: {e}", file=sys.stderr)
-        return 1
-    for name, s in summaries.items():
-        state = "up to date" if s.cached else f"{s.seconds_per_image:.3f} s/image"
-        skipped = f", {len(s.failed)} unreadable image(s) left out" if s.failed else ""
-        print(f"{name}: {s.num_images} images, {s.num_captions} captions, {s.num_regions} x {s.feature_dim} "
-              f"features ({state}{skipped}) -> {s.out_folder}")
+    pipeline.extract(
+        pipeline.ExtractOptions(
+            data=args.data,
+            out=args.out,
+            config=config,
+            splits=args.splits,
+            progress=not args.quiet,
+            dev=_count(args.dev),
+            test=_count(args.test),
+            seed=args.seed,
+        )
+    )
     return 0
 
 

@@ -24,7 +24,10 @@ USAGE = "usage: scan <command> [options]\n\ncommands:\n" + "\n".join(
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # a command is required: say which exist, and fail like any usage error
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
     name, rest = argv[0], argv[1:]

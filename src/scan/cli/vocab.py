@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from scan.cli.common import report_user_errors
-from scan.data.precomp import read_lines
-from scan.data.vocab import build_vocabulary, load_vocabulary, save_vocabulary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,13 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 @report_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    captions = [line for path in args.captions for line in read_lines(path, what="caption")]
+    from scan import pipeline
+
     if args.action == "build":
-        vocab = build_vocabulary(captions, threshold=args.threshold)
-        save_vocabulary(vocab, args.out)
-        print(f"{len(vocab)} words (threshold {args.threshold}) from {len(captions)} captions -> {args.out}")
-        return 0
-    vocab = load_vocabulary(args.vocab)
-    rate = vocab.unknown_rate(captions)
-    print(f"{Path(args.vocab).name}: {len(vocab)} words; {100 * rate:.2f}% of the tokens of {len(captions)} captions are unknown")
+        pipeline.build_vocabulary_file(args.captions, args.out, threshold=args.threshold)
+    else:
+        pipeline.check_vocabulary_file(args.vocab, args.captions)
     return 0

@@ -1,4 +1,4 @@
-"""Datasets, batch collation and the training data loader over a :class:`PrecompSplit`.
+"""Datasets and batch collation over a :class:`PrecompSplit`.
 
 Training (SCAN Sec. 3.4) draws (image, caption) pairs, one per caption, and scores every image
 against every caption in the batch; evaluation instead encodes each image and each caption once
@@ -7,7 +7,9 @@ and scores all pairs (style guide item 5). So there are three datasets: :class:`
 word positions are marked in a boolean mask, because the original code did not mask them inside
 the attention. Captions are tokenised once when a dataset is built, not on every epoch, and
 batches keep the sampler's order (no length sorting: the text encoder packs with
-``enforce_sorted=False``), so a batch's rows line up with its ``caption_ids``.
+``enforce_sorted=False``), so a batch's rows line up with its ``caption_ids``. The training loader
+itself is built by :mod:`scan.train.recipe` (``DataLoader(CaptionDataset(...),
+collate_fn=collate_captions)`` over a resumable, seeded batch order).
 """
 
 from __future__ import annotations
@@ -17,23 +19,22 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import Dataset
 
-from scan.errors import DataError
 from scan.data.precomp import PrecompSplit
 from scan.data.vocab import PAD_ID
+from scan.errors import DataError
 
 __all__ = [
-    "CaptionEncoder",
     "Batch",
     "CaptionDataset",
+    "CaptionEncoder",
     "ImageDataset",
     "TextDataset",
     "collate_captions",
     "collate_images",
     "collate_texts",
     "pad_token_ids",
-    "make_caption_loader",
 ]
 
 
@@ -195,7 +196,7 @@ def pad_token_ids(
 
 def collate_captions(items: Sequence[tuple[torch.Tensor, torch.Tensor, int, int]]) -> Batch:
     """Stack :class:`CaptionDataset` items into a :class:`Batch`, keeping their order."""
-    features, token_ids, caption_ids, image_ids = zip(*items)
+    features, token_ids, caption_ids, image_ids = zip(*items, strict=True)
     tokens, lengths, mask = pad_token_ids(token_ids)
     return Batch(
         images=torch.stack(features),  # (B, R, F)
@@ -209,7 +210,7 @@ def collate_captions(items: Sequence[tuple[torch.Tensor, torch.Tensor, int, int]
 
 def collate_images(items: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack :class:`ImageDataset` items into ``images (B, R, F)`` and ``image_ids (B,)``."""
-    features, ids = zip(*items)
+    features, ids = zip(*items, strict=True)
     return torch.stack(features), torch.tensor(ids, dtype=torch.long)  # (B, R, F), (B,)
 
 
@@ -218,50 +219,6 @@ def collate_texts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad :class:`TextDataset` items into ``tokens (B, W)``, ``lengths (B,)``, ``mask (B, W)``
     and ``caption_ids (B,)``."""
-    token_ids, ids = zip(*items)
+    token_ids, ids = zip(*items, strict=True)
     tokens, lengths, mask = pad_token_ids(token_ids)
     return tokens, lengths, mask, torch.tensor(ids, dtype=torch.long)
-
-
-def make_caption_loader(
-    split: PrecompSplit,
-    vocab: CaptionEncoder,
-    *,
-    batch_size: int,
-    shuffle: bool,
-    workers: int,
-    seed: int = 0,
-    drop_last: bool = False,
-) -> DataLoader:
-    """A training loader of :class:`Batch` es whose order depends only on ``seed``.
-
-    The shuffle order comes from a sampler with its own seeded generator, drawn once per epoch,
-    so the batches are the same with any number of workers and on every rerun (the loader's own
-    generator is also consumed by worker seeding, differently with persistent workers).
-
-    Args:
-        split: The opened split.
-        vocab: Encodes the captions.
-        batch_size: Pairs per batch.
-        shuffle: Draw a new random order each epoch (training) or keep file order.
-        workers: Worker processes reading features; 0 reads in the main process. Workers are
-            kept alive between epochs, and batches are pinned when CUDA is available.
-        seed: Seeds the shuffle order.
-        drop_last: Drop a last, smaller batch (its in-batch negatives are fewer).
-    """
-    dataset = CaptionDataset(split, vocab)
-    if shuffle:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    else:
-        sampler = SequentialSampler(dataset)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate_captions,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=drop_last,
-        persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(seed + 1),
-    )

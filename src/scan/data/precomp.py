@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from scan.data.text import read_utf8_text
 from scan.errors import DataError
 
-__all__ = ["PrecompSplit", "read_lines", "SUPPORTED_FEATURE_DTYPES", "DEFAULT_CAPTIONS_PER_IMAGE"]
+__all__ = ["DEFAULT_CAPTIONS_PER_IMAGE", "SUPPORTED_FEATURE_DTYPES", "PrecompSplit", "read_lines"]
 
 SUPPORTED_FEATURE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 DEFAULT_CAPTIONS_PER_IMAGE = 5  # Flickr30K and COCO; assumed when features are repeated
@@ -61,9 +62,10 @@ class PrecompSplit:
         Args:
             folder: The folder holding the split's files.
             split: The split name used in the file names.
-            captions_per_image: Normally inferred: ``M // N`` when there are fewer feature rows
-                ``N`` than captions ``M``, and 5 (features repeated per caption) when ``N == M``.
-                Give it only for an unusual layout, e.g. 1 for one caption per image.
+            captions_per_image: ``None`` (the default) accepts SCAN's layout of 5 captions per
+                image only: ``M == 5 N`` captions for ``N`` feature rows, or ``M == N`` (features
+                repeated once per caption). Give it for any other layout, e.g. 1 for one caption
+                per image; it is never guessed from the counts.
 
         Raises:
             DataError: Naming the file, if a required file is missing, the features are not a
@@ -279,12 +281,7 @@ def read_lines(path: str | os.PathLike[str], *, what: str = "line") -> list[str]
         DataError: Naming the file and 1-based line, for an empty line, bad UTF-8 or an empty file.
     """
     path = Path(path)
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise DataError(f"not valid UTF-8 ({error.reason})", path=path, line=line) from None
+    text = read_utf8_text(path)
     if not text:
         raise DataError(f"file is empty, expected one {what} per line", path=path)
     lines = text.split("\n")
@@ -348,7 +345,18 @@ def _infer_layout(
             f"(captions k*c .. k*c+c-1 describe image k)",
             path=captions_path,
         )
-    return num_captions // rows, False
+    per_image = num_captions // rows
+    if per_image != DEFAULT_CAPTIONS_PER_IMAGE:
+        # Any other multiple is far more often a captions file of another split or data set than a
+        # layout with another count, and guessing would silently pair captions with wrong images.
+        raise DataError(
+            f"{counts}, {per_image} per image; SCAN's layout has {DEFAULT_CAPTIONS_PER_IMAGE} "
+            f"(expected {rows * DEFAULT_CAPTIONS_PER_IMAGE} captions). If this data set really has "
+            f"{per_image} captions per image, say so: PrecompSplit.open(folder, split, "
+            f"captions_per_image={per_image})",
+            path=captions_path,
+        )
+    return per_image, False
 
 
 def _per_image_ids(

@@ -8,6 +8,8 @@ their captions. Two public layouts cover Flickr8k, Flickr30K and MS-COCO:
   COCO entries also carry ``filepath`` (``train2014``/``val2014``), the sub-folder of the image.
 * The Kaggle Flickr8k layout: ``Images/`` (or ``images/``) and ``captions.txt``, a CSV with header
   ``image,caption``, one row per caption (captions may hold commas and quotes: real CSV quoting).
+  A caption never spans lines, so a quoted field that does is a quote left open, reported at the
+  line where it opened rather than read as one caption swallowing the rest of the file.
 
 Both read into :class:`ImageRecord` lists in file order. Split names are kept as the JSON spells
 them (``val``, not ``dev``); :data:`SPLIT_ALIASES` maps the names of SCAN's precomputed layout
@@ -16,26 +18,31 @@ of 113,287 images; ``testall`` -> ``test``), and :func:`select_split` applies it
 layout has no split, so :func:`assign_splits` draws a deterministic one.
 
 Every problem raises :class:`scan.errors.DataError` naming the file and the line (CSV,
-1-based, the header is line 1) or the JSON field at fault.
+1-based, the header is line 1) or the JSON field at fault. Files must be UTF-8, and an image name
+must stay inside the image folder (no ``..`` out of it, no absolute path): a split file is data,
+and must not make extraction read, and copy features of, arbitrary files.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from scan.data.text import read_utf8_text
 from scan.errors import DataError
 
 __all__ = [
     "CAPTIONS_PER_IMAGE",
+    "KARPATHY_SPLITS",
     "SPLIT_ALIASES",
     "ImageRecord",
-    "RawDataError",
     "assign_splits",
     "find_karpathy_json",
     "read_image_folder",
@@ -44,8 +51,10 @@ __all__ = [
     "select_split",
 ]
 
-RawDataError = DataError  # the name used by the first draft of this module; same class
 CAPTIONS_PER_IMAGE = 5  # SCAN's layout: caption k belongs to image k // 5
+
+# The split names Karpathy's files use; any other is a typo that would leave its images out of every split.
+KARPATHY_SPLITS: tuple[str, ...] = ("train", "val", "test", "restval")
 
 # Split names of SCAN's precomputed layout (and the JSON's own names) -> the Karpathy JSON splits
 # whose images they hold. `train` includes `restval` as SCAN's COCO train (82,783 + 30,504 images);
@@ -71,6 +80,24 @@ class ImageRecord:
 def _normalise_caption(text: str) -> str:
     """One line of text: newlines and tabs become spaces, outer whitespace is stripped."""
     return text.replace("\r\n", " ").replace("\r", " ").replace("\n", " ").replace("\t", " ").strip()
+
+
+def _image_path(folder: Path, *parts: str) -> Path | None:
+    """``folder / parts...``, or ``None`` if the name leaves ``folder`` (``..``, an absolute path).
+
+    The check is on the normalised path, not on symlinks: an image folder whose files link into a
+    shared store is a legitimate layout, while a name climbing out of the folder is not.
+    """
+    joined = os.path.normpath(folder.joinpath(*parts))
+    base = os.path.normpath(folder)
+    inside = os.path.commonpath([os.path.abspath(joined), os.path.abspath(base)]) == os.path.abspath(base)
+    return folder.joinpath(*parts) if inside and joined != base else None
+
+
+def _outside(name: str, folder: Path) -> str:
+    """The message for an image name that points outside the image folder."""
+    return (f"{name!r} points outside the image folder {folder}; give a file name relative to that folder "
+            "(no '..', no absolute path)")
 
 
 def _fix_caption_count(
@@ -127,7 +154,7 @@ def read_karpathy_json(
     """
     json_path = Path(json_path)
     try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8_text(json_path))
     except FileNotFoundError:
         raise DataError("file not found", path=json_path) from None
     except json.JSONDecodeError as e:
@@ -149,6 +176,10 @@ def read_karpathy_json(
         split = entry.get("split")
         if not isinstance(split, str) or not split:
             raise DataError(f"missing 'split' for {filename!r}", path=json_path, field=f"{where}.split")
+        if split not in KARPATHY_SPLITS:
+            raise DataError(f"unknown split {split!r} for {filename!r}; expected one of "
+                            f"{', '.join(KARPATHY_SPLITS)} (Karpathy's split names)",
+                            path=json_path, field=f"{where}.split")
         sentences = entry.get("sentences")
         if not isinstance(sentences, list):
             raise DataError(f"missing list 'sentences' for {filename!r}", path=json_path,
@@ -167,9 +198,16 @@ def read_karpathy_json(
                                 field=f"{where}.sentences[{j}].raw")
             captions.append(caption)
         filepath = entry.get("filepath")
-        image_path = folder / filename
-        if isinstance(filepath, str) and filepath and (folder / filepath / filename).exists():
-            image_path = folder / filepath / filename
+        image_path = _image_path(folder, filename)
+        if image_path is None:
+            raise DataError(_outside(filename, folder), path=json_path, field=f"{where}.filename")
+        if isinstance(filepath, str) and filepath:
+            nested = _image_path(folder, filepath, filename)
+            if nested is None:
+                raise DataError(_outside(f"{filepath}/{filename}", folder), path=json_path,
+                                field=f"{where}.filepath")
+            if nested.exists():
+                image_path = nested
         key = f"{filepath or ''}/{filename}"
         if key in seen:
             raise DataError(f"image {filename!r} listed twice (also images[{seen[key]}])", path=json_path,
@@ -219,42 +257,26 @@ def read_kaggle_captions(
         raise DataError("captions file not found (expected a CSV with header 'image,caption')", path=csv_path)
     records: dict[str, ImageRecord] = {}
     first_line: dict[str, int] = {}
-    with csv_path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError("empty file; expected the header 'image,caption'", path=csv_path, line=1) from None
-        except csv.Error as e:
-            raise DataError(f"unreadable CSV: {e}", path=csv_path, line=1) from None
-        if [h.strip().lower() for h in header] != ["image", "caption"]:
-            raise DataError(f"expected the header 'image,caption', got {','.join(header)!r}",
-                            path=csv_path, line=1)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                raise DataError(f"unreadable CSV row: {e}", path=csv_path, line=reader.line_num) from None
-            line = reader.line_num  # physical line where the row ends (rows may span lines)
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != 2:
-                raise DataError(f"expected 2 fields (image, caption), got {len(row)}; quote captions "
-                                "that contain commas", path=csv_path, line=line)
-            name, caption = row[0].strip(), _normalise_caption(row[1])
-            if not name:
-                raise DataError("empty image name", path=csv_path, line=line, field="image")
-            if not caption:
-                raise DataError(f"empty caption for {name!r}", path=csv_path, line=line, field="caption")
-            if name not in records:
-                path = image_folder / name
-                if check_files and not path.is_file():
-                    raise DataError(f"image file not found: {path}", path=csv_path, line=line, field="image")
-                records[name] = ImageRecord(filename=name, path=path, split="", captions=[])
-                first_line[name] = line
-            records[name].captions.append(caption)
+    for line, row in _csv_rows(csv_path):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != 2:
+            raise DataError(f"expected 2 fields (image, caption), got {len(row)}; quote captions "
+                            "that contain commas", path=csv_path, line=line)
+        name, caption = row[0].strip(), _normalise_caption(row[1])
+        if not name:
+            raise DataError("empty image name", path=csv_path, line=line, field="image")
+        if not caption:
+            raise DataError(f"empty caption for {name!r}", path=csv_path, line=line, field="caption")
+        if name not in records:
+            path = _image_path(image_folder, name)
+            if path is None:
+                raise DataError(_outside(name, image_folder), path=csv_path, line=line, field="image")
+            if check_files and not path.is_file():
+                raise DataError(f"image file not found: {path}", path=csv_path, line=line, field="image")
+            records[name] = ImageRecord(filename=name, path=path, split="", captions=[])
+            first_line[name] = line
+        records[name].captions.append(caption)
     if not records:
         raise DataError("no caption rows after the header", path=csv_path, line=2)
     truncated: list[tuple[str, int]] = []
@@ -263,6 +285,51 @@ def read_kaggle_captions(
             truncated.append((name, n))
     _warn_truncated(csv_path, truncated, captions_per_image)
     return list(records.values())
+
+
+def _csv_rows(csv_path: Path) -> Iterator[tuple[int, list[str]]]:
+    """The rows after the checked header of a captions CSV, each with its 1-based line number.
+
+    Raises:
+        DataError: For a missing or wrong header, an unreadable row, or a quote left open (named at
+            the line where it opened: the rows after it were read into its caption).
+    """
+    text = read_utf8_text(csv_path).removeprefix("\ufeff")  # a byte order mark, as Excel writes one
+    # newline="" leaves line breaks to the csv module, as the csv docs require; strict mode makes a
+    # quote still open at the end of the file an error instead of a caption running to the end.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError("empty file; expected the header 'image,caption'", path=csv_path, line=1) from None
+    except csv.Error as e:
+        raise DataError(f"unreadable CSV: {e}", path=csv_path, line=1) from None
+    if [h.strip().lower() for h in header] != ["image", "caption"]:
+        raise DataError(f"expected the header 'image,caption', got {','.join(header)!r}", path=csv_path, line=1)
+    while True:
+        start = reader.line_num + 1  # the physical line this row starts on
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            if reader.line_num > start or "unexpected end of data" in str(e):
+                raise _unbalanced_quote(csv_path, start) from None
+            raise DataError(f"unreadable CSV row: {e}; a caption that starts with a quote must end with one, "
+                            'and quotes inside it must be doubled ("")', path=csv_path, line=start) from None
+        # A caption never spans lines: a field holding a line break is a quote that was never closed.
+        if any("\n" in cell or "\r" in cell for cell in row):
+            raise _unbalanced_quote(csv_path, start)
+        yield start, row
+
+
+def _unbalanced_quote(csv_path: Path, line: int) -> DataError:
+    return DataError(
+        'unbalanced quote: a caption opens a quote (") that no later quote on its line closes, so the rows '
+        "after it would be read into that caption; close it or remove it (a quote inside a quoted caption "
+        'is written twice, "")',
+        path=csv_path, line=line,
+    )
 
 
 def _resolve_count(value: int | float | None, n: int, default: int) -> int:

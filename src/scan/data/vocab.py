@@ -16,27 +16,29 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from scan.atomic import write_text_atomic
-from scan.errors import DataError
+from scan.data.text import read_utf8_text
 from scan.data.tokenize import tokenize
+from scan.errors import DataError
 
 __all__ = [
-    "PAD",
-    "START",
     "END",
-    "UNK",
-    "PAD_ID",
-    "START_ID",
     "END_ID",
-    "UNK_ID",
+    "PAD",
+    "PAD_ID",
     "SPECIAL_TOKENS",
+    "START",
+    "START_ID",
+    "UNK",
+    "UNK_ID",
     "Vocabulary",
     "build_vocabulary",
-    "save_vocabulary",
     "load_vocabulary",
+    "save_vocabulary",
+    "unknown_token_rate",
 ]
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
@@ -128,6 +130,40 @@ class Vocabulary:
         return unknown / total if total else 0.0
 
 
+def unknown_token_rate(
+    token_ids: Sequence[Sequence[int]],
+    unk_id: int,
+    *,
+    special_ids: Collection[int] = (PAD_ID, START_ID, END_ID),
+) -> float:
+    """The fraction of word tokens that are unknown, over already-encoded captions.
+
+    The id-level twin of :meth:`Vocabulary.unknown_rate`, for callers holding ids from any
+    tokenizer (a :class:`Vocabulary`, a WordPiece one): a rate near 1 means the vocabulary does not
+    belong to these captions (another data set, another tokenizer), not merely rare words.
+
+    Args:
+        token_ids: One id sequence per caption, wrapped or not, padded or not.
+        unk_id: The id of unknown words (``Vocabulary.unk_id`` is ``UNK_ID``).
+        special_ids: Ids that are not words and are left out of the count: padding, start and end
+            (by default this module's ``<pad>``, ``<start>``, ``<end>``; give another tokenizer's
+            own, e.g. BERT's ``(0, 101, 102)``).
+
+    Returns:
+        Unknown tokens over all word tokens, in ``[0, 1]``; 0.0 when there are no word tokens.
+    """
+    special = frozenset(int(i) for i in special_ids) - {int(unk_id)}  # unknown words always count
+    total = unknown = 0
+    for sequence in token_ids:
+        for token in sequence:
+            token = int(token)  # also accepts tensors and numpy arrays of ids
+            if token in special:
+                continue
+            total += 1
+            unknown += token == unk_id
+    return unknown / total if total else 0.0
+
+
 def build_vocabulary(captions: Iterable[str | Sequence[str]], *, threshold: int = 4) -> Vocabulary:
     """Build a vocabulary of the words seen at least ``threshold`` times.
 
@@ -182,11 +218,11 @@ def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        DataError: Naming the file and field, if it is not JSON, lacks a key, has ids that
-            disagree or skip, or misses the special tokens.
+        DataError: Naming the file and line or field, if it is not UTF-8 or not JSON, lacks a
+            key, has ids that disagree or skip, or misses the special tokens.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8_text(path)
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:

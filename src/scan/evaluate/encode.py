@@ -4,20 +4,32 @@ SCAN's score is not a dot product of two vectors, but it still factors: each ima
 `(R, D)` unit region vectors and each caption `(W, D)` unit word vectors, independently of
 the other side. So evaluation runs the encoders once per item (the original did too) and
 hands the two sets to the tiled scorer.
+
+Before anything is encoded, the features are checked against the model: their dimension, and
+(when both sides record it) how they were extracted from photos, since features made with other
+settings score without error but mean nothing to the model. Captions the vocabulary mostly does
+not know, and images whose features encode to nothing, are warned about with their figures.
 """
 
 from __future__ import annotations
 
+import json
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from scan.config import Config
 from scan.data.collate import ImageDataset, TextDataset, collate_images, collate_texts
 from scan.data.precomp import PrecompSplit
+from scan.data.vocab import unknown_token_rate
+from scan.errors import DataError, ModelMismatchError
 from scan.models.scan import SCAN
-from scan.train.devices import autocast
+from scan.runtime import autocast
 
 
 @dataclass
@@ -26,6 +38,92 @@ class EncodedSplit:
     captions: torch.Tensor  # (M, W, D) float32, CPU, zero-padded
     lengths: torch.Tensor  # (M,) real words per caption
     caption_image: np.ndarray  # (M,) image index of each caption
+
+
+# Extraction settings that decide what a feature vector means; the others (dtype, how many
+# captions were written) change how features are stored, not what the model sees.
+FEATURE_SETTINGS = (
+    "mode",
+    "num_regions",
+    "image_size",
+    "max_size",
+    "output_stride",
+    "roi_samples",
+    "detector_threshold",
+    "max_detections",
+    "iou_threshold",
+    "min_score",
+    "min_box_size",
+)
+UNKNOWN_WARNING_RATE = 0.5  # warn when more than this share of the caption words is unknown
+
+
+def _extract_settings(split: PrecompSplit) -> dict[str, Any] | None:
+    path = Path(split.folder) / f"{split.split}_extract.json"
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"unreadable extraction record: {error}", path=path) from None
+    settings = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(settings, dict):
+        raise DataError("expected an object with the extraction settings", path=path, field="config")
+    return settings
+
+
+def check_split_fits_model(config: Config, split: PrecompSplit, *, model_folder: str | Path = "the model") -> None:
+    """Refuse features the model cannot read correctly, before any of them is encoded.
+
+    Raises:
+        ModelMismatchError: the feature dimension differs from the model's, or both the
+            features and the model record how they were extracted and the settings differ.
+    """
+    if split.feature_dim != config.model.image_dim:
+        raise ModelMismatchError(
+            f"{split.features_path}: features have {split.feature_dim} dims per region, but {model_folder} "
+            f"was trained on {config.model.image_dim}-dim features; extract them the way its training data was"
+        )
+    made_with = _extract_settings(split)
+    trained_on = config.data.extract
+    if made_with is None or not trained_on:
+        return  # released features (no record) on either side: nothing to compare
+    differ = [
+        f"{key}: {made_with.get(key)!r} here, {trained_on.get(key)!r} in training"
+        for key in FEATURE_SETTINGS
+        if made_with.get(key) != trained_on.get(key)
+    ]
+    if differ:
+        raise ModelMismatchError(
+            f"{Path(split.folder) / f'{split.split}_extract.json'}: these features were extracted with other "
+            f"settings than {model_folder}'s training features ({'; '.join(differ)}); "
+            "re-extract them with the model's settings, or pass the photo folder to `scan eval --data`"
+        )
+
+
+def _warn_unknown_words(token_ids: list[list[int]], tokenizer: Any, where: str) -> None:
+    unk = getattr(tokenizer, "unk_id", None)
+    if unk is None:
+        return
+    # Every tokenizer wraps a caption in its own start and end ids ([CLS]/[SEP] for MiniLM).
+    rate = unknown_token_rate([ids[1:-1] for ids in token_ids], unk, special_ids=(getattr(tokenizer, "pad_id", 0),))
+    if rate > UNKNOWN_WARNING_RATE:
+        warnings.warn(
+            f"{where}: {100 * rate:.0f}% of the caption words are unknown to the model's vocabulary; its scores "
+            "will be close to chance (are these captions in the language and tokenisation it was trained on?)",
+            stacklevel=3,
+        )
+
+
+def _warn_degenerate_images(images: torch.Tensor, split: PrecompSplit) -> None:
+    norms = images.norm(dim=-1)  # (N, R): unit vectors, unless the features broke the encoder
+    broken = (~torch.isfinite(norms) | (norms < 0.5)).all(dim=1)  # (N,) no usable region
+    if broken.any():
+        warnings.warn(
+            f"{split.features_path}: {int(broken.sum())} of {len(broken)} images encode to zero or non-finite "
+            "vectors (their feature values are out of any sensible range); they cannot be retrieved",
+            stacklevel=3,
+        )
 
 
 @torch.no_grad()
@@ -41,6 +139,11 @@ def encode_split(
     workers: int = 0,
 ) -> EncodedSplit:
     """Encode the (first `max_images`) images of a split and all their captions."""
+    if split.feature_dim != model.config.image_dim:
+        raise ModelMismatchError(
+            f"{split.features_path}: features have {split.feature_dim} dims per region, the model reads "
+            f"{model.config.image_dim}"
+        )
     model.eval()
     num_images = split.num_images if max_images <= 0 else min(max_images, split.num_images)
     caption_ids = [k for k in range(split.num_captions) if split.image_of_caption(k) < num_images]
@@ -52,8 +155,10 @@ def encode_split(
         with autocast(device, precision):
             image_chunks.append(model.encode_image(features.to(device)).float().cpu())  # (n, R, D)
     images = torch.cat(image_chunks)
+    _warn_degenerate_images(images, split)
 
     texts = TextDataset([split.captions[k] for k in caption_ids], tokenizer)
+    _warn_unknown_words([ids.tolist() for ids in texts.token_ids], tokenizer, str(split.captions_path))
     caption_chunks, length_chunks = [], []
     loader = DataLoader(texts, batch_size=batch_size, num_workers=workers, collate_fn=collate_texts)
     for tokens, lengths, _mask, _ids in loader:

@@ -11,6 +11,7 @@ pure functions: :func:`evaluate_scores` on a full ``(N, M)`` score matrix, and
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,8 +37,11 @@ PROTOCOLS: tuple[str, ...] = ("1k", "all", "coco1k", "coco5k")
 """Protocol names. ``"1k"``, ``"all"`` and ``"coco5k"`` score the whole split as one set (``"1k"``
 is Flickr30K's 1K test, ``"coco5k"`` COCO 5K, ``"all"`` the clear name for any other size);
 ``"coco1k"`` averages the metrics over ``num_folds`` equal folds of consecutive images. The names
-describe the protocol, not a size check: the split sizes are not enforced, so small synthetic
-splits can be evaluated the same way."""
+describe the protocol: a split of another size is still evaluated (small synthetic splits are, in
+the tests), but with a warning, since its figures are not comparable with the paper's columns."""
+
+# The split size each named protocol is defined on (the paper's Flickr30K 1K test, COCO testall).
+PROTOCOL_IMAGES = {"1k": 1000, "coco1k": 5000, "coco5k": 5000}
 
 _WHOLE = frozenset({"1k", "all", "coco5k"})
 _FOLDED = frozenset({"coco1k"})
@@ -141,6 +145,13 @@ def evaluate_protocol(
     ci = np.asarray(caption_image)  # (M,)
     num_captions = ci.shape[0] if ci.ndim else -1
     ci = check_caption_image(ci, num_images=num_images, num_captions=num_captions)
+    expected = PROTOCOL_IMAGES.get(name)
+    if expected is not None and num_images != expected:
+        warnings.warn(
+            f"protocol {name!r} is defined on a split of {expected} images, but this one has {num_images}: "
+            "its figures are not comparable with the paper's (use protocol 'all' for a split of any size)",
+            stacklevel=3,
+        )
     results = []
     for images, captions in protocol_blocks(
         num_images=num_images, caption_image=ci, protocol=name, num_folds=num_folds

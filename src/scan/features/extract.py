@@ -35,6 +35,9 @@ Properties, and how they are kept:
   ties break by index, and the split of unsplit data is hash-based, so two runs with the same
   config and library versions write identical bytes (the JSON holds no timestamps), whatever
   ``workers`` and ``batch_size`` are: these two are left out of the fingerprint.
+* **Exclusive.** A run holds the output folder's lock (:class:`scan.atomic.FolderLock`) while it
+  writes, so a second run into the same folder stops with :class:`scan.errors.FolderBusyError`
+  instead of mixing features of other settings into the same arrays.
 * **Never silent about bad images.** An unreadable or truncated image is reported on stderr by
   name, left out of the split together with its captions, and listed in the summary and the JSON.
   With ``strict=True`` the run instead fails after trying every image, listing all bad files (the
@@ -50,8 +53,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -59,14 +63,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from scan.atomic import write_text_atomic
-from scan.errors import DataError
+from scan.atomic import FolderLock, write_text_atomic
 from scan.data.raw import (
     CAPTIONS_PER_IMAGE,
     ImageRecord,
     read_image_folder,
     select_split,
 )
+from scan.errors import DataError, ExtractionError, ScanError
 from scan.features.roi import grid_boxes, grid_size, roi_align, select_regions
 
 __all__ = [
@@ -82,6 +86,7 @@ __all__ = [
 ]
 
 FORMAT = "scan-extract/1"  # bumped when the meaning of the written files changes
+LOCK_PURPOSE = "scan extract"  # what another run is told holds the output folder
 DEFAULT_SPLITS = ("train", "dev", "test")
 
 
@@ -137,16 +142,14 @@ class ExtractConfig:
         return {k: v for k, v in asdict(self).items() if k not in self.EXECUTION_FIELDS}
 
 
-class ExtractionError(RuntimeError):
-    """A strict run met unreadable images; ``failed`` lists them all."""
+class ImageLoadError(ScanError, OSError):
+    """An image file could not be decoded (missing, truncated, not an image); the message names it.
 
-    def __init__(self, message: str, failed: Sequence[FailedImage] = ()) -> None:
-        super().__init__(message)
-        self.failed = list(failed)
-
-
-class ImageLoadError(OSError):
-    """An image file could not be decoded (missing, truncated, not an image)."""
+    Inside an extraction it never escapes: the image is recorded as a :class:`FailedImage` and
+    left out (or, in strict mode, listed in an :class:`scan.errors.ExtractionError`). Callers of
+    :func:`load_image` get it directly; as a :class:`ScanError` the command line shows it as one
+    line, and as an ``OSError`` it is caught where a file error would be.
+    """
 
 
 @dataclass
@@ -181,12 +184,13 @@ def load_image(path: str | Path) -> np.ndarray:
 
     path = Path(path)
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone relaxed PIL globally; truncation must still fail
-        raise ImageLoadError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; truncated images would pass silently")
+        raise ImageLoadError(f"{path}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set, so truncated images would pass "
+                             "silently; set it back to False before extracting")
     try:
         with Image.open(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
-            array = np.array(im.convert("RGB"), dtype=np.uint8)
+            array = _rgb8(im)
     except FileNotFoundError:
         raise ImageLoadError(f"{path}: image file not found") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
@@ -194,6 +198,48 @@ def load_image(path: str | Path) -> np.ndarray:
     if array.ndim != 3 or array.shape[0] < 1 or array.shape[1] < 1:
         raise ImageLoadError(f"{path}: empty image {array.shape}")
     return array
+
+
+def _rgb8(image: Any) -> np.ndarray:
+    """RGB ``uint8`` ``(H, W, 3)`` of a decoded PIL image, with 16-bit grey rescaled, not clipped.
+
+    PIL decodes 16-bit grey files (PNG, TIFF) to the integer modes ``"I;16"``, ``"I;16B"``, ``"I"``,
+    ..., and its ``convert("RGB")`` clips those to 0..255: every pixel above 255 of 65535, i.e. nearly
+    the whole image, turns white. They are divided by 257 instead (65535 / 257 == 255, so 16-bit
+    level ``257 k`` is 8-bit level ``k``). 32-bit ``"I"`` is read on the 16-bit range, as that is what
+    PIL gives for 16-bit files; values outside it are clipped. 16-bit RGB needs nothing here: PIL
+    already reduces it to 8-bit ``"RGB"`` when decoding.
+    """
+    if image.mode.startswith("I"):
+        grey = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0  # (H, W)
+        grey8 = np.rint(grey).astype(np.uint8)  # k + 0.5 never occurs: no rounding ties
+        return np.repeat(grey8[:, :, None], 3, axis=2)  # (H, W, 3)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
+@contextmanager
+def _one_thread_per_image(*, opencv: bool) -> Iterator[None]:
+    """Run torch (and OpenCV) ops on one intra-op thread inside the block, then restore the counts.
+
+    The extraction runs ``workers`` images side by side, each on one thread (see
+    :class:`RegionExtractor`). The thread counts are process-wide, so they are set only for the
+    extraction itself: a caller that trains or serves afterwards gets its own settings back.
+    """
+    torch_threads = torch.get_num_threads()
+    cv2: Any = None
+    if opencv:
+        with suppress(ImportError):  # then there is no detector either, and building one says what to install
+            import cv2
+    cv2_threads = cv2.getNumThreads() if cv2 is not None else 0
+    torch.set_num_threads(1)
+    if cv2 is not None:
+        cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        if cv2 is not None:
+            cv2.setNumThreads(cv2_threads)
 
 
 @functools.lru_cache(maxsize=16)
@@ -249,12 +295,15 @@ class RegionExtractor:
     Loads the backbone, and the detector in ``bottomup`` mode, once; reuse it across splits.
     :meth:`extract` may be called from several threads at once.
 
-    Threads: it sets torch (and OpenCV) to one intra-op thread, process-wide, and the pipeline runs
-    ``workers`` images side by side instead. On a CPU, one image per thread beats both batched
-    convolutions (measured: 0.09 s/image at batch 1 against 0.17 at batch 4, 448x608 input) and
-    multi-threaded ones, whose OpenMP barriers crawl when other processes share the cores (10x
-    slower on a loaded 2-core machine); and a single-threaded image computes the same bits
-    whichever thread runs it, so the output does not depend on scheduling.
+    Threads: :func:`extract_split` and :func:`extract_dataset` run torch (and OpenCV) on one
+    intra-op thread for the duration of the extraction, restoring the caller's counts afterwards
+    (building an extractor changes nothing process-wide), and run ``workers`` images side by side
+    instead. On a CPU, one image per thread beats both batched convolutions (measured: 0.09
+    s/image at batch 1 against 0.17 at batch 4, 448x608 input) and multi-threaded ones, whose
+    OpenMP barriers crawl when other processes share the cores (10x slower on a loaded 2-core
+    machine); and a single-threaded image computes the same bits whichever thread runs it, so the
+    output does not depend on scheduling. Calling :meth:`extract` directly leaves the thread
+    counts to the caller.
     """
 
     def __init__(self, config: ExtractConfig) -> None:
@@ -262,7 +311,6 @@ class RegionExtractor:
 
         config.validate()
         self.config = config
-        torch.set_num_threads(1)
         self.backbone = EfficientNetLite0Backbone(
             output_stride=config.output_stride, shorter_side=config.image_size, max_longer_side=config.max_size
         )
@@ -273,7 +321,7 @@ class RegionExtractor:
             self.detector = SSDMobileNetDetector(
                 confidence_threshold=config.detector_threshold,
                 max_detections=config.max_detections,
-                num_threads=1,
+                num_threads=None,  # not set process-wide here: _one_thread_per_image does it per extraction
             )
         self.feature_dim = self.backbone.info.num_features
         self._detector_lock = threading.Lock()  # an OpenCV net must not run in two threads at once
@@ -433,11 +481,32 @@ def extract_split(
     Raises:
         DataError: a record has the wrong number of captions, an empty caption, a duplicate name.
         ExtractionError: ``config.strict`` and some images could not be read (all are listed).
+        FolderBusyError: another extraction is writing ``out_folder`` (it holds the folder's lock
+            for its whole run; two runs would mix features of different settings in one array).
     """
     config = config or ExtractConfig()
     config.validate()
+    with FolderLock(out_folder, purpose=LOCK_PURPOSE), _one_thread_per_image(opencv=config.mode == "bottomup"):
+        return _extract_split(records, Path(out_folder), split, config, progress=progress, extractor=extractor,
+                              on_batch=on_batch)
+
+
+def _extract_split(
+    records: Sequence[ImageRecord],
+    out: Path,
+    split: str,
+    config: ExtractConfig,
+    *,
+    progress: bool,
+    extractor: RegionExtractor | None,
+    on_batch: Callable[[int, int], None] | None,
+) -> ExtractSummary:
+    """:func:`extract_split` for a caller that holds ``out``'s lock and set the thread counts.
+
+    (The lock is an flock: a second one taken by the same process on the same folder would fail,
+    so :func:`extract_dataset` takes it once and calls this for each split.)
+    """
     start = time.perf_counter()
-    out = Path(out_folder)
     out.mkdir(parents=True, exist_ok=True)
     paths = _paths(out, split)
     captions = _check_records(records, config, split)
@@ -558,7 +627,7 @@ def extract_split(
     if failed_idx:  # compact the rows of the good images into new files, in chunks
         for key, src in (("ims", ims), ("boxes", boxes_mm)):
             tmp = paths[key].with_name(paths[key].name + ".compact")
-            dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(keep),) + src.shape[1:])
+            dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(keep), *src.shape[1:]))
             for a in range(0, len(keep), 1024):
                 dst[a:a + 1024] = src[keep[a:a + 1024]]
             dst.flush()
@@ -647,6 +716,11 @@ def extract_dataset(
 
     Returns:
         The summary of each split, by output name.
+
+    Raises:
+        FolderBusyError: another extraction is writing ``out_folder``. The folder's lock is held
+            from after the source is read until the last split is written.
+        DataError, ExtractionError: as :func:`extract_split`, and for a split without images.
     """
     config = config or ExtractConfig()
     config.validate()
@@ -660,12 +734,16 @@ def extract_dataset(
         if not recs:
             present = sorted({r.split for r in records})
             raise DataError(f"split {name!r} has no images (the source has splits {present})", path=source)
-    extractor: RegionExtractor | None = None
-    summaries = {}
-    for name, recs in by_split.items():
-        # Load the models only once, and only if some split has work to do.
-        fp = _fingerprint(config, model_fingerprint(config), source_fingerprint(recs))
-        if extractor is None and _is_cached(_paths(Path(out_folder), name), fp) is None:
-            extractor = RegionExtractor(config)
-        summaries[name] = extract_split(recs, out_folder, name, config, progress=progress, extractor=extractor)
+    # The source is read and checked before the lock, so a bad source leaves no output folder behind.
+    out = Path(out_folder)
+    with FolderLock(out, purpose=LOCK_PURPOSE), _one_thread_per_image(opencv=config.mode == "bottomup"):
+        extractor: RegionExtractor | None = None
+        summaries = {}
+        for name, recs in by_split.items():
+            # Load the models only once, and only if some split has work to do.
+            fp = _fingerprint(config, model_fingerprint(config), source_fingerprint(recs))
+            if extractor is None and _is_cached(_paths(out, name), fp) is None:
+                extractor = RegionExtractor(config)
+            summaries[name] = _extract_split(recs, out, name, config, progress=progress, extractor=extractor,
+                                             on_batch=None)
     return summaries

@@ -12,18 +12,21 @@ from pathlib import Path
 import torch
 import yaml
 
+from scan import checkpoint as ckpt
 from scan.config import Config, config_from_dict
+from scan.errors import CheckpointError
 from scan.models.scan import SCAN, build_model
-from scan.models.tokenizers import build_tokenizer
-from scan.train import checkpoint as ckpt
+from scan.models.tokenizers import Tokenizer, build_tokenizer
 
 
 @dataclass
 class TrainedModel:
+    """A model ready to encode and score, with what it needs to read new captions."""
+
     model: SCAN
-    tokenizer: object
-    config: Config
-    folder: Path
+    tokenizer: Tokenizer  # turns captions into the ids the model was trained on
+    config: Config  # the run's resolved config (data.extract says how its features were made)
+    folder: Path  # the checkpoint folder it was loaded from
 
 
 def resolve_model_folder(path: str | Path) -> Path:
@@ -35,19 +38,30 @@ def resolve_model_folder(path: str | Path) -> Path:
         candidate = path / "checkpoints" / name
         if (candidate / ckpt.MODEL_FILE).exists():
             return candidate.resolve()
-    raise ckpt.CheckpointError(
+    raise CheckpointError(
         f"{path}: no model found (expected {ckpt.MODEL_FILE} there, or a run directory with checkpoints/best)"
     )
 
 
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> TrainedModel:
+    """Rebuild a trained model from its folder: config, tokenizer (vocabulary) and weights.
+
+    Raises:
+        CheckpointError: the folder lacks its config or weights, or they do not match.
+        DataError: the model reads words through a vocabulary and the folder has no `vocab.json`
+            (a model must never be scored through a vocabulary it was not trained with).
+    """
     folder = resolve_model_folder(path)
     config_path = folder / ckpt.CONFIG_FILE
     if not config_path.exists():
-        raise ckpt.CheckpointError(f"{folder}: no {ckpt.CONFIG_FILE}; cannot rebuild the model")
-    config = config_from_dict(yaml.safe_load(config_path.read_text()), source=str(config_path))
-    vocab_file = folder / ckpt.VOCAB_FILE
-    tokenizer = build_tokenizer(config, train_captions=[], vocab_file=str(vocab_file) if vocab_file.exists() else "")
+        raise CheckpointError(f"{folder}: no {ckpt.CONFIG_FILE}; cannot rebuild the model")
+    try:
+        values = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{config_path}: unreadable config: {error}") from None
+    config = config_from_dict(values, source=str(config_path))
+    # Never `train_captions`: a model folder without its vocabulary is an error, not a fresh one.
+    tokenizer = build_tokenizer(config, train_captions=None, vocab_file=folder / ckpt.VOCAB_FILE)
     model = build_model(config.model)
     ckpt.load_weights(folder, model)
     model.to(device).eval()

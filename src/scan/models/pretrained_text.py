@@ -21,7 +21,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -135,7 +135,7 @@ def load_minilm_transformer() -> nn.Module:
 
 
 class MiniLMTokenizer:
-    """WordPiece ids for MiniLM-L6, with the interface of the GRU's vocabulary tokenizer.
+    """WordPiece ids for MiniLM-L6; a `scan.models.tokenizers.Tokenizer` like the GRU's vocabulary one.
 
     Text is lower-cased and accent-folded by the model's own (uncased BERT) tokenizer. A caption
     becomes `[CLS] p1 ... pn [SEP]` (like `<start> w1 ... wn <end>`) and is cut to at most
@@ -167,9 +167,17 @@ class MiniLMTokenizer:
             self._tokenizer.encode(text, add_special_tokens=wrap, truncation=True, max_length=self.max_length)
         )
 
-    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-        """The word pieces of `ids` (e.g. `["[CLS]", "a", "dog", "[SEP]"]`), for labelling words."""
-        return list(self._tokenizer.convert_ids_to_tokens(list(ids)))
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        """The word piece of each id (e.g. `["[CLS]", "a", "dog", "[SEP]"]`), for labelling words.
+
+        The `Tokenizer` protocol's name for it; `convert_ids_to_tokens` is the same, by the
+        name transformers uses.
+        """
+        return list(self._tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        """The word pieces of `ids`; the same as :meth:`tokens`."""
+        return self.tokens(ids)
 
     def __len__(self) -> int:
         return len(self._tokenizer)

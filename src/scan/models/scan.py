@@ -17,28 +17,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from scan.config import ModelConfig
+from scan.errors import ConfigError
 from scan.models.image_encoder import ImageEncoder
-from scan.models.text_encoder import GRUTextEncoder
+from scan.models.registry import text_encoder
 from scan.similarity import dispatch
 from scan.similarity.functional import attend
+from scan.similarity.options import AttentionOptions
 
 
 def build_text_encoder(config: ModelConfig) -> nn.Module:
-    if config.text_encoder == "gru":
-        if config.vocab_size <= 0:
-            raise ValueError("model.vocab_size must be set (from the vocabulary) for the GRU text encoder")
-        return GRUTextEncoder(
-            vocab_size=config.vocab_size,
-            word_dim=config.word_dim,
-            embed_dim=config.embed_dim,
-            num_layers=config.num_layers,
-            bidirectional=config.bidirectional,
-        )
-    if config.text_encoder == "minilm":
-        from scan.models.pretrained_text import MiniLMTextEncoder
+    """The text encoder named by `config.text_encoder`, built by its registry entry.
 
-        return MiniLMTextEncoder(embed_dim=config.embed_dim, freeze=config.freeze_text)
-    raise ValueError(f"model.text_encoder must be 'gru' or 'minilm', got {config.text_encoder!r}")
+    Raises:
+        ConfigError: An unknown encoder name, or a GRU encoder without `vocab_size`.
+    """
+    return text_encoder(config.text_encoder).build_encoder(config)
+
+
+def attention_options(config: ModelConfig) -> AttentionOptions:
+    """The config's attention fields as one checked `AttentionOptions`.
+
+    Raises:
+        ConfigError: Naming the `model.*` field whose value is invalid.
+    """
+    return AttentionOptions(
+        direction=config.direction,
+        norm=config.raw_feature_norm,
+        smooth=config.lambda_softmax,
+        agg=config.agg,
+        lambda_lse=config.lambda_lse,
+    )
 
 
 class SCAN(nn.Module):
@@ -47,17 +55,14 @@ class SCAN(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        # Built (and so checked) once: a bad option fails here, not at the first scored batch.
+        self.attention: AttentionOptions = attention_options(config)
         self.image_encoder = ImageEncoder(
             image_dim=config.image_dim, embed_dim=config.embed_dim, weight_norm=config.image_weight_norm
         )
         self.text_encoder = build_text_encoder(config)
         self.scoring_backend = "auto"  # set by the caller: "auto", "torch" or "triton"
         self.scoring_precision = "auto"  # "auto", "fp32" (exact), "tf32" or "bf16"
-
-    @property
-    def attention_options(self) -> dict:
-        c = self.config
-        return dict(direction=c.direction, norm=c.raw_feature_norm, smooth=c.lambda_softmax, agg=c.agg, lambda_lse=c.lambda_lse)
 
     def encode_image(self, features: torch.Tensor) -> torch.Tensor:
         """`(N, R, F)` region features -> `(N, R, D)` unit region vectors."""
@@ -73,17 +78,25 @@ class SCAN(nn.Module):
             images.float(),
             captions.float(),
             caption_mask,
+            self.attention,
             backend=self.scoring_backend,
             precision=self.scoring_precision,
-            **self.attention_options,
         )
 
     @torch.no_grad()
     def score_matrix(self, images: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, **kwargs) -> torch.Tensor:
-        """`(N, M)` float32 CPU scores of a whole encoded gallery, tiled to bounded memory."""
+        """`(N, M)` float32 CPU scores of a whole encoded gallery, tiled to bounded memory.
+
+        Args:
+            images: `(N, R, D)` encoded images.
+            captions: `(M, W, D)` encoded captions, padded.
+            lengths: `(M,)` real words of each caption.
+            **kwargs: `backend`, `precision`, `memory_budget_mb`, `device` of
+                `dispatch.score_matrix` (backend and precision default to the model's).
+        """
         kwargs.setdefault("backend", self.scoring_backend)
         kwargs.setdefault("precision", self.scoring_precision)
-        return dispatch.score_matrix(images, captions, lengths, **self.attention_options, **kwargs)
+        return dispatch.score_matrix(images, captions, lengths, self.attention, **kwargs)
 
     @torch.no_grad()
     def attention_weights(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -99,11 +112,11 @@ class SCAN(nn.Module):
         """
         regions = self.encode_image(features[None])  # (1, R, D)
         words, mask = self.encode_text(tokens[None], torch.tensor([len(tokens)], device=tokens.device))  # (1, W, D)
-        c = self.config
-        if c.direction == "t2i":
-            _, weights = attend(words, regions, query_mask=mask, norm=c.raw_feature_norm, smooth=c.lambda_softmax)
+        a = self.attention
+        if a.direction == "t2i":
+            _, weights = attend(words, regions, query_mask=mask, norm=a.norm, smooth=a.smooth)
         else:
-            _, weights = attend(regions, words, context_mask=mask, norm=c.raw_feature_norm, smooth=c.lambda_softmax)
+            _, weights = attend(regions, words, context_mask=mask, norm=a.norm, smooth=a.smooth)
         return weights[0].float()
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -141,6 +154,11 @@ ARCHITECTURES = {"scan": SCAN, "vse": GlobalEmbedding}
 
 
 def build_model(config: ModelConfig) -> SCAN:
+    """The model of `config.architecture` (`scan` or the `vse` baseline).
+
+    Raises:
+        ConfigError: An unknown architecture, text encoder or attention option.
+    """
     if config.architecture not in ARCHITECTURES:
-        raise ValueError(f"model.architecture must be one of {sorted(ARCHITECTURES)}, got {config.architecture!r}")
+        raise ConfigError(f"model.architecture: {config.architecture!r} is not one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[config.architecture](config)

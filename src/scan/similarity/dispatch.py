@@ -7,8 +7,13 @@ Everyone who needs scores calls this module, never a backend directly:
 
 Backends: `triton` (fused kernels, `scan.similarity.triton`; a CUDA device and the `triton`
 package) and `torch` (vectorised PyTorch, `scan.similarity.torch`; any device). `backend="auto"`
-takes the first of `available_backends(device)`, so a GPU with Triton gets the fused kernels and
-everything else the PyTorch path; a forced backend that cannot run raises `ValueError`.
+takes the first of `available_backends(device)` that implements the options asked for (see
+`options.NORMS`/`options.POOLINGS`), so a GPU with Triton gets the fused kernels and everything
+else the PyTorch path; a forced backend that cannot run, or that does not implement the options,
+raises `BackendError`.
+
+Options: every call takes one `AttentionOptions` (direction, norm, smooth, agg, lambda_lse),
+checked when it was built.
 
 Precision: `fp32` is exact float32; `bf16` multiplies bf16-rounded embeddings with float32
 accumulation (everything after the raw scores stays float32); `tf32` lets the GPU's tensor
@@ -20,8 +25,9 @@ from __future__ import annotations
 
 import torch
 
+from scan.errors import BackendError, ConfigError
 from scan.similarity import torch as torch_path
-from scan.similarity.functional import check_attention_options
+from scan.similarity.options import AttentionOptions
 
 BACKENDS = ("triton", "torch")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
@@ -49,33 +55,54 @@ def available_backends(device: torch.device | str) -> list[str]:
     return backends
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """`auto` -> the fastest available backend; a forced one is checked, with a clear error.
+def resolve_backend(backend: str, device: torch.device | str, options: AttentionOptions | None = None) -> str:
+    """`auto` -> the fastest available backend for `options`; a forced one is checked.
 
     A forced `triton` on the CPU is accepted under `TRITON_INTERPRET=1` (how the tests run the
     kernels); `auto` never picks the interpreter.
+
+    Args:
+        backend: `auto`, `triton` or `torch`.
+        device: where the scores are computed.
+        options: the options to score with; `auto` skips backends that do not implement them,
+            a forced backend that does not is an error. None: only availability is checked.
+
+    Raises:
+        ConfigError: `backend` is not a backend name.
+        BackendError: the forced backend cannot run on `device` or does not implement `options`.
     """
     device = torch.device(device)
     available = available_backends(device)
     if backend == "auto":
-        return available[0]
+        # torch implements every option, so this always finds one; the fallback keeps it total.
+        usable = [b for b in available if options is None or options.implemented_by(b)]
+        return (usable or available)[0]
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+        raise ConfigError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if options is not None:
+        options.require(backend)  # refused whether or not it could run here: it never computes these
     if backend in available or (backend == "triton" and _triton_module().is_available(device)):
         return backend
     if backend == "triton" and not _triton_module().triton_importable():
         reason = "the triton package is not installed (pip install 'scan[gpu]')"
     else:
         reason = f"it needs a CUDA device, and the scores are computed on {device}"
-    raise ValueError(f"backend 'triton' is unavailable: {reason}; available: {available}")
+    raise BackendError(f"backend 'triton' is unavailable: {reason}; available: {available}")
 
 
 def resolve_precision(precision: str, backend: str) -> str:
+    """`auto` -> `bf16` on Triton, `fp32` otherwise; a named precision is checked and kept."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
         return "bf16" if backend == "triton" else "fp32"
     return precision
+
+
+def _check_options(options: AttentionOptions) -> None:
+    """A clear error for the old keyword calls (`direction=...`) or a dict in place of the options."""
+    if not isinstance(options, AttentionOptions):
+        raise TypeError(f"options must be a scan.similarity.options.AttentionOptions, got {type(options).__name__}")
 
 
 def _default_device(images: torch.Tensor) -> torch.device:
@@ -90,12 +117,8 @@ def score_matrix(
     images: torch.Tensor,
     captions: torch.Tensor,
     caption_lengths: torch.Tensor,
+    options: AttentionOptions,
     *,
-    direction: str = "t2i",
-    norm: str = "clipped_l2norm",
-    smooth: float = 9.0,
-    agg: str = "Mean",
-    lambda_lse: float = 6.0,
     backend: str = "auto",
     precision: str = "auto",
     memory_budget_mb: float | None = None,
@@ -107,23 +130,27 @@ def score_matrix(
         images: `(N, R, D)` region embeddings (any device).
         captions: `(M, W, D)` word embeddings, padded (any device).
         caption_lengths: `(M,)` number of real words of each caption (at least 1).
-        direction, norm, smooth, agg, lambda_lse: the attention options (see `functional`).
-        backend: `auto`, `triton` or `torch`.
+        options: direction, norm, smooth (lambda_1), agg and lambda_lse.
+        backend: `auto`, `triton` or `torch`; `auto` picks the fastest one here that implements
+            `options`.
         precision: `auto`, `fp32`, `tf32` or `bf16`.
         memory_budget_mb: bound on the memory one block of work holds; by default a few MB on
             a CPU (cache-sized blocks), about 1 GB on a GPU, 4 GB of embeddings for Triton.
         device: where to compute; by default the images' device, or the GPU when the images are
             on the CPU and a GPU exists.
+
+    Raises:
+        ConfigError: an unknown backend or precision name.
+        BackendError: a forced backend that cannot run here or does not implement `options`.
     """
-    check_attention_options(direction=direction, norm=norm, agg=agg)
+    _check_options(options)
     device = _default_device(images) if device is None else torch.device(device)
-    backend = resolve_backend(backend, device)
+    backend = resolve_backend(backend, device, options)
     precision = resolve_precision(precision, backend)
-    options = dict(direction=direction, norm=norm, smooth=smooth, agg=agg, lambda_lse=lambda_lse)
     if backend == "triton":
         budget = TRITON_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
         return _triton_module().score_matrix(
-            images, captions, caption_lengths, precision=precision, memory_budget_mb=budget, device=device, **options
+            images, captions, caption_lengths, options, precision=precision, memory_budget_mb=budget, device=device
         )
     if memory_budget_mb is None:
         memory_budget_mb = CPU_BLOCK_BUDGET_MB if device.type == "cpu" else GPU_BLOCK_BUDGET_MB
@@ -131,10 +158,10 @@ def score_matrix(
         images,
         captions,
         caption_lengths,
+        options,
         precision=precision,
         memory_budget_mb=memory_budget_mb,
         device=device,
-        **options,
     )
 
 
@@ -142,12 +169,8 @@ def batch_scores(
     images: torch.Tensor,
     captions: torch.Tensor,
     caption_mask: torch.Tensor,
+    options: AttentionOptions,
     *,
-    direction: str = "t2i",
-    norm: str = "clipped_l2norm",
-    smooth: float = 9.0,
-    agg: str = "Mean",
-    lambda_lse: float = 6.0,
     backend: str = "auto",
     precision: str = "auto",
 ) -> torch.Tensor:
@@ -157,17 +180,21 @@ def batch_scores(
         images: `(B, R, D)` region embeddings.
         captions: `(B', W, D)` word embeddings, padded (padding never gets a gradient).
         caption_mask: `(B', W)` True at real words.
+        options: direction, norm, smooth (lambda_1), agg and lambda_lse.
         backend, precision: as for `score_matrix`. On the PyTorch path `bf16` multiplies in
             bf16 and `fp32`/`tf32` keep the inputs' dtype (float64 stays float64).
+
+    Raises:
+        ConfigError: an unknown backend or precision name.
+        BackendError: a forced backend that cannot run here or does not implement `options`.
     """
-    check_attention_options(direction=direction, norm=norm, agg=agg)
-    backend = resolve_backend(backend, images.device)
+    _check_options(options)
+    backend = resolve_backend(backend, images.device, options)
     precision = resolve_precision(precision, backend)
-    options = dict(direction=direction, norm=norm, smooth=smooth, agg=agg, lambda_lse=lambda_lse)
     if backend == "triton":
-        return _triton_module().batch_scores(images, captions, caption_mask, precision=precision, **options)
+        return _triton_module().batch_scores(images, captions, caption_mask, options, precision=precision)
     if precision == "bf16":
         return torch_path.pairwise_scores(
-            images.to(torch.bfloat16), captions.to(torch.bfloat16), caption_mask, **options
+            images.to(torch.bfloat16), captions.to(torch.bfloat16), caption_mask, options
         ).to(images.dtype)
-    return torch_path.pairwise_scores(images, captions, caption_mask, **options)
+    return torch_path.pairwise_scores(images, captions, caption_mask, options)

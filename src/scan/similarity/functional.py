@@ -7,6 +7,9 @@ context. `relevance` and `pool` turn the attended vectors into one image-sentenc
 Every function takes masks so that padded words never influence a score: the original code
 had no masks and relied on slicing each caption to its length inside a Python loop.
 
+These functions take the options as plain keywords, the readable form of the maths; the scoring
+paths take them checked and bundled as `scan.similarity.options.AttentionOptions`.
+
 Shapes: `N` images, `M` captions, `R` regions, `W` words, `D` embedding dims.
 """
 
@@ -15,29 +18,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-RAW_FEATURE_NORMS = (
-    "clipped_l2norm",
-    "l2norm",
-    "softmax",
-    "clipped_l1norm",
-    "l1norm",
-    "clipped",
-    "no_norm",
-)
-POOLINGS = ("LogSumExp", "Mean", "Max", "Sum")
-DIRECTIONS = ("t2i", "i2t")
+from scan.errors import ConfigError
+from scan.similarity.options import NORMS, POOLINGS
 
 EPS = 1e-8  # the original code's epsilon for norms and cosine denominators
-
-
-def check_attention_options(*, direction: str, norm: str, agg: str) -> None:
-    """Fail early, with the allowed values, on a misspelt option."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    if norm not in RAW_FEATURE_NORMS:
-        raise ValueError(f"raw_feature_norm must be one of {RAW_FEATURE_NORMS}, got {norm!r}")
-    if agg not in POOLINGS:
-        raise ValueError(f"agg must be one of {POOLINGS}, got {agg!r}")
 
 
 def normalize_raw_scores(
@@ -47,7 +31,7 @@ def normalize_raw_scores(
 
     Args:
         scores: raw dot products, any shape.
-        norm: one of `RAW_FEATURE_NORMS`; `clipped_*` apply LeakyReLU(0.1) first, as the
+        norm: a key of `options.NORMS`; `clipped_*` apply LeakyReLU(0.1) first, as the
             authors' code did (the paper says "clipped at zero").
         dim: the query axis (words for t2i, regions for i2t).
         mask: broadcastable to `scores`, True where the query item is real. Masked items are
@@ -70,7 +54,7 @@ def normalize_raw_scores(
         return torch.softmax(scores, dim=dim)
     if norm in ("clipped", "no_norm"):
         return scores
-    raise ValueError(f"raw_feature_norm must be one of {RAW_FEATURE_NORMS}, got {norm!r}")
+    raise ConfigError(f"raw_feature_norm: {norm!r} is not a raw-feature norm; choose one of {list(NORMS)}")
 
 
 def attend(
@@ -136,4 +120,4 @@ def pool(
         return total
     if agg == "Mean":
         return total / mask.sum(dim=dim).clamp(min=1).to(relevance.dtype)
-    raise ValueError(f"agg must be one of {POOLINGS}, got {agg!r}")
+    raise ConfigError(f"agg: {agg!r} is not a pooling; choose one of {list(POOLINGS)}")

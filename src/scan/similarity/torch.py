@@ -31,12 +31,9 @@ from collections.abc import Iterator
 
 import torch
 
-from scan.similarity.functional import (
-    EPS,
-    check_attention_options,
-    normalize_raw_scores,
-    pool,
-)
+from scan.errors import ConfigError
+from scan.similarity.functional import EPS, normalize_raw_scores, pool
+from scan.similarity.options import AttentionOptions
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -49,10 +46,7 @@ def _attention_scores(
     query_mask: torch.Tensor | None,
     context_gram: torch.Tensor,
     query_norm: torch.Tensor,
-    norm: str,
-    smooth: float,
-    agg: str,
-    lambda_lse: float,
+    options: AttentionOptions,
 ) -> torch.Tensor:
     """Scores of every context item against every query item: `(nc, C, D) x (nq, Q, D) -> (nc, nq)`.
 
@@ -62,6 +56,8 @@ def _attention_scores(
         context_mask, query_mask: `(nc, C)` / `(nq, Q)` True at real items, or None (all real).
         context_gram: `(nc, C, C)` float Gram matrices of the context items.
         query_norm: `(nq, Q)` float norms of the query vectors.
+        options: the norm, smooth, agg and lambda_lse to use (the caller has laid the operands
+            out for `options.direction`).
     """
     nc, num_context, dim = context.shape
     nq, num_query, _ = query.shape
@@ -70,8 +66,8 @@ def _attention_scores(
     if raw.dtype in _LOW_PRECISION:
         raw = raw.float()  # bf16 products, float32 from here on
     q_mask = None if query_mask is None else query_mask[None, None]  # (1, 1, nq, Q)
-    normed = normalize_raw_scores(raw, norm=norm, dim=3, mask=q_mask)  # (nc, C, nq, Q)
-    logits = smooth * normed
+    normed = normalize_raw_scores(raw, norm=options.norm, dim=3, mask=q_mask)  # (nc, C, nq, Q)
+    logits = options.smooth * normed
     if context_mask is not None:
         logits = logits.masked_fill(~context_mask[:, :, None, None], float("-inf"))
     alpha = torch.softmax(logits, dim=1)  # (nc, C, nq, Q)   over the context axis
@@ -80,7 +76,14 @@ def _attention_scores(
     attended_sq = (alpha * gram_alpha.view_as(alpha)).sum(dim=1)  # (nc, nq, Q)   ||attended||^2
     relevance = dot / (query_norm[None] * attended_sq.clamp(min=EPS * EPS).sqrt()).clamp(min=EPS)
     pool_mask = None if query_mask is None else query_mask[None]  # (1, nq, Q)
-    return pool(relevance, agg=agg, lambda_lse=lambda_lse, mask=pool_mask, dim=2)  # (nc, nq)
+    return pool(relevance, agg=options.agg, lambda_lse=options.lambda_lse, mask=pool_mask, dim=2)  # (nc, nq)
+
+
+def _check_options(options: AttentionOptions) -> None:
+    """A typed options object that this path implements (every table entry lists "torch" today)."""
+    if not isinstance(options, AttentionOptions):
+        raise TypeError(f"options must be a scan.similarity.options.AttentionOptions, got {type(options).__name__}")
+    options.require("torch")
 
 
 def _gram(x: torch.Tensor) -> torch.Tensor:
@@ -99,12 +102,7 @@ def pairwise_scores(
     images: torch.Tensor,
     captions: torch.Tensor,
     caption_mask: torch.Tensor,
-    *,
-    direction: str = "t2i",
-    norm: str = "clipped_l2norm",
-    smooth: float = 9.0,
-    agg: str = "Mean",
-    lambda_lse: float = 6.0,
+    options: AttentionOptions,
 ) -> torch.Tensor:
     """SCAN scores of every image against every caption, in one block.
 
@@ -112,19 +110,17 @@ def pairwise_scores(
         images: `(N, R, D)` region embeddings.
         captions: `(M, W, D)` word embeddings, padded.
         caption_mask: `(M, W)` True at real words.
-        direction: `t2i` (words attend to regions, pool over words) or `i2t`.
-        norm: `raw_feature_norm`, over the query axis.
-        smooth: lambda_1, inverse temperature of the softmax over the context axis.
-        agg: pooling of relevances: `LogSumExp`, `Mean`, `Max` or `Sum`.
-        lambda_lse: lambda_2 of `LogSumExp` pooling.
+        options: direction, norm, smooth (lambda_1), agg and lambda_lse.
 
     Returns:
         `(N, M)` scores, in the inputs' dtype (float32 for bf16 inputs).
+
+    Raises:
+        BackendError: `options` asks for something this path does not implement.
     """
-    check_attention_options(direction=direction, norm=norm, agg=agg)
+    _check_options(options)
     caption_mask = caption_mask.to(torch.bool)
-    options = dict(norm=norm, smooth=smooth, agg=agg, lambda_lse=lambda_lse)
-    if direction == "t2i":
+    if options.direction == "t2i":
         # Context = regions (softmax over R), query = words (normalise and pool over W).
         return _attention_scores(
             images,
@@ -133,7 +129,7 @@ def pairwise_scores(
             query_mask=caption_mask,
             context_gram=_gram(images),
             query_norm=_norms(captions),
-            **options,
+            options=options,
         )  # (N, M)
     # Context = words (softmax over real words only), query = regions.
     return _attention_scores(
@@ -143,7 +139,7 @@ def pairwise_scores(
         query_mask=None,
         context_gram=_gram(captions),
         query_norm=_norms(images),
-        **options,
+        options=options,
     ).t()  # (M, N) -> (N, M)
 
 
@@ -173,7 +169,7 @@ def _caption_blocks(lengths: torch.Tensor, block: int) -> Iterator[torch.Tensor]
 def _compute_dtype(precision: str, dtype: torch.dtype) -> torch.dtype:
     """The dtype of the raw-score product: bf16 when asked for, else float32 (float64 stays)."""
     if precision not in ("fp32", "tf32", "bf16"):
-        raise ValueError(f"precision must be 'fp32', 'tf32' or 'bf16', got {precision!r}")
+        raise ConfigError(f"precision must be 'fp32', 'tf32' or 'bf16', got {precision!r}")
     if precision == "bf16":
         return torch.bfloat16
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -184,12 +180,8 @@ def score_matrix(
     images: torch.Tensor,
     captions: torch.Tensor,
     caption_lengths: torch.Tensor,
+    options: AttentionOptions,
     *,
-    direction: str = "t2i",
-    norm: str = "clipped_l2norm",
-    smooth: float = 9.0,
-    agg: str = "Mean",
-    lambda_lse: float = 6.0,
     memory_budget_mb: float = 16.0,
     image_block: int | None = None,
     caption_block: int | None = None,
@@ -207,14 +199,19 @@ def score_matrix(
         images: `(N, R, D)` region embeddings.
         captions: `(M, W, D)` word embeddings, padded.
         caption_lengths: `(M,)` number of real words of each caption.
+        options: direction, norm, smooth (lambda_1), agg and lambda_lse.
         memory_budget_mb: bound on one block's intermediates; sets the block sizes. The default
             keeps a block in a CPU's last-level cache; on a GPU larger budgets pay off.
         image_block, caption_block: explicit block sizes, overriding the budget.
         precision: `fp32` (float32 products; float64 inputs stay float64), `tf32` (the same on
             this path) or `bf16` (bf16 products, float32 everything else).
         device: where to compute; defaults to `images.device`.
+
+    Raises:
+        BackendError: `options` asks for something this path does not implement.
     """
-    check_attention_options(direction=direction, norm=norm, agg=agg)
+    _check_options(options)
+    direction = options.direction
     device = images.device if device is None else torch.device(device)
     compute_dtype = _compute_dtype(precision, images.dtype)
     num_images, num_regions, embed_dim = images.shape
@@ -229,7 +226,6 @@ def score_matrix(
     )
     image_block = image_block or auto_images
     caption_block = caption_block or auto_captions
-    options = dict(norm=norm, smooth=smooth, agg=agg, lambda_lse=lambda_lse)
     image_gram, image_norm = [], []
     for start in range(0, num_images, image_block):
         block = images[start : start + image_block].to(device, compute_dtype)  # (n, R, D)
@@ -260,7 +256,7 @@ def score_matrix(
                     query_mask=word_mask,
                     context_gram=image_gram[block_index],
                     query_norm=caption_norm,
-                    **options,
+                    options=options,
                 )  # (n, m)
             else:
                 block_scores = _attention_scores(
@@ -270,7 +266,7 @@ def score_matrix(
                     query_mask=None,
                     context_gram=caption_gram,
                     query_norm=image_norm[block_index],
-                    **options,
+                    options=options,
                 ).t()  # (m, n) -> (n, m)
             scores[start : start + image_block, caption_index] = block_scores.float().cpu()
     return scores

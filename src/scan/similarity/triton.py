@@ -28,6 +28,10 @@ Precision: `bf16` casts the embeddings to bfloat16 for the raw-score product (fl
 accumulation, everything else float32); `tf32` keeps float32 inputs and lets the tensor cores
 round them to tf32; `fp32` is exact IEEE float32 throughout.
 
+Options: every entry point takes one `AttentionOptions` and refuses (`BackendError`) a norm or
+pooling that `options.NORMS`/`options.POOLINGS` do not list for "triton" or that has no kernel
+code here, rather than letting a kernel compute a different option.
+
 Triton is imported on first use, so the package imports without it; on a CPU the kernels run
 under `TRITON_INTERPRET=1` (the test suite does this on tiny shapes).
 
@@ -42,9 +46,27 @@ import os
 
 import torch
 
-from scan.similarity.functional import EPS, POOLINGS, RAW_FEATURE_NORMS, check_attention_options
+from scan.errors import BackendError, ConfigError
+from scan.similarity.functional import EPS
+from scan.similarity.options import AttentionOptions
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+
+# The constexpr codes the kernels branch on (`NORM` in `_normalise`/`_normalise_bwd`, `AGG` in
+# `_pool`/`_pool_bwd`). A name missing here has no kernel code and is refused before launch:
+# the kernels' `else` branches would otherwise compute `no_norm` or `Sum` for any unknown code.
+# The "triton" entries of `options.NORMS`/`options.POOLINGS` must name exactly these keys
+# (tests/similarity/test_triton.py checks it).
+_NORM_CODES = {
+    "clipped_l2norm": 0,  # LeakyReLU(0.1), then L2 over the query axis
+    "l2norm": 1,
+    "softmax": 2,
+    "clipped_l1norm": 3,  # LeakyReLU(0.1), then L1
+    "l1norm": 4,
+    "clipped": 5,  # LeakyReLU(0.1) only
+    "no_norm": 6,
+}
+_POOL_CODES = {"LogSumExp": 0, "Mean": 1, "Max": 2, "Sum": 3}
 
 # Launch configurations, per kernel and precision: caption word slots per tile (the tile is one
 # image's RP padded regions x `columns` = BM captions x WP words), D chunk, warps, pipeline
@@ -404,7 +426,27 @@ def _build_kernels():  # noqa: C901  (one closure holding every kernel and helpe
 
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def _check_options(options: AttentionOptions) -> None:
+    """Refuse options without a kernel: the tables must list triton, and the kernels need a code.
+
+    Raises:
+        BackendError: The norm or pooling is not implemented by the Triton kernels.
+    """
+    if not isinstance(options, AttentionOptions):
+        raise TypeError(f"options must be a scan.similarity.options.AttentionOptions, got {type(options).__name__}")
+    options.require("triton")
+    # The tables claim triton here; without a kernel code the launch would compute another
+    # option (the kernels' `else` branches), so refuse rather than trust the table alone.
+    missing = [
+        f"{kind} {name!r}"
+        for kind, name, codes in (("raw_feature_norm", options.norm, _NORM_CODES), ("pooling", options.agg, _POOL_CODES))
+        if name not in codes
+    ]
+    if missing:
+        raise BackendError(f"the triton backend does not implement {' or '.join(missing)}; use backend='torch'")
 
 
 def _dot_precisions(precision: str) -> tuple[str, str]:
@@ -468,7 +510,7 @@ def _prepare_images(images: torch.Tensor, *, device, dtype, direction: str) -> d
     return prepared
 
 
-def _launch_config(kind: str, precision: str, *, wp: int, num_regions: int, embed_dim: int, direction: str, norm: str, agg: str) -> dict:
+def _launch_config(kind: str, precision: str, *, wp: int, num_regions: int, embed_dim: int, options: AttentionOptions) -> dict:
     """Constexprs and launch options of the `kind` ("fwd" or "bwd") kernel for one length bucket."""
     config = TILE_CONFIGS[kind, precision]
     rp, bm = _tile_shape(num_regions, wp, config["columns"])
@@ -478,11 +520,11 @@ def _launch_config(kind: str, precision: str, *, wp: int, num_regions: int, embe
         BM=bm,
         WP=wp,
         BLOCK_D=min(config["block_d"], max(16, _next_pow2(embed_dim))),
-        T2I=direction == "t2i",
-        NORM=RAW_FEATURE_NORMS.index(norm),
-        AGG=POOLINGS.index(agg),
-        Q_AXIS=2 if direction == "t2i" else 0,
-        C_AXIS=0 if direction == "t2i" else 2,
+        T2I=options.direction == "t2i",
+        NORM=_NORM_CODES[options.norm],
+        AGG=_POOL_CODES[options.agg],
+        Q_AXIS=2 if options.direction == "t2i" else 0,
+        C_AXIS=0 if options.direction == "t2i" else 2,
         DOT_PRECISION=dot_precision,
         GRAM_PRECISION=gram_precision,
         GROUP_C=GROUP_CAPTION_BLOCKS,
@@ -493,20 +535,19 @@ def _launch_config(kind: str, precision: str, *, wp: int, num_regions: int, embe
     return meta
 
 
-def _forward_block(img: dict, cap: dict, out: torch.Tensor, *, direction, norm, smooth, agg, lambda_lse, precision):
+def _forward_block(img: dict, cap: dict, out: torch.Tensor, *, options: AttentionOptions, precision: str):
     """Launch the forward kernel: out `(n, m)` float32 = scores of img's images x cap's captions."""
     regions, words = img["regions"], cap["words"]
     n, num_regions, embed_dim = regions.shape
     m, wp, _ = words.shape
-    meta = _launch_config(
-        "fwd", precision, wp=wp, num_regions=num_regions, embed_dim=embed_dim, direction=direction, norm=norm, agg=agg
-    )
-    gram = img["gram"] if direction == "t2i" else cap["gram"]
-    qnorm = cap["norm"] if direction == "t2i" else img["norm"]
+    meta = _launch_config("fwd", precision, wp=wp, num_regions=num_regions, embed_dim=embed_dim, options=options)
+    t2i = options.direction == "t2i"
+    gram = img["gram"] if t2i else cap["gram"]
+    qnorm = cap["norm"] if t2i else img["norm"]
     grid = (n * _cdiv(m, meta["BM"]),)
     _kernels()["fwd"][grid](
         regions, words, cap["mask"], gram, qnorm, out,
-        n, m, num_regions, embed_dim, out.stride(0), float(smooth), float(lambda_lse),
+        n, m, num_regions, embed_dim, out.stride(0), options.smooth, options.lambda_lse,
         **meta,
     )  # fmt: skip
 
@@ -520,12 +561,8 @@ def score_matrix(
     images: torch.Tensor,
     captions: torch.Tensor,
     caption_lengths: torch.Tensor,
+    options: AttentionOptions,
     *,
-    direction: str = "t2i",
-    norm: str = "clipped_l2norm",
-    smooth: float = 9.0,
-    agg: str = "Mean",
-    lambda_lse: float = 6.0,
     precision: str = "bf16",
     memory_budget_mb: float = 2048.0,
     device: torch.device | str | None = None,
@@ -543,12 +580,17 @@ def score_matrix(
         images: `(N, R, D)` region embeddings (any device).
         captions: `(M, W, D)` word embeddings, padded (any device).
         caption_lengths: `(M,)` number of real words of each caption (at least 1).
+        options: direction, norm, smooth (lambda_1), agg and lambda_lse.
         precision: `bf16`, `tf32` or `fp32` (see the module docstring).
         memory_budget_mb: bound on the device memory this call holds.
         device: where to run; defaults to `images.device`.
+
+    Raises:
+        BackendError: The kernels do not implement the norm or pooling of `options`.
     """
-    check_attention_options(direction=direction, norm=norm, agg=agg)
+    _check_options(options)
     _check_precision(precision)
+    direction = options.direction
     device = images.device if device is None else torch.device(device)
     dtype = _compute_dtype(precision)
     num_images, num_regions, embed_dim = images.shape
@@ -565,7 +607,6 @@ def score_matrix(
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(num_captions)
     inverse = inverse.to(device)
-    options = dict(direction=direction, norm=norm, smooth=smooth, agg=agg, lambda_lse=lambda_lse, precision=precision)
 
     def prepare(index: torch.Tensor, wp: int) -> dict[str, torch.Tensor]:
         keep = min(wp, width)
@@ -579,7 +620,7 @@ def score_matrix(
         out = torch.empty(img["regions"].shape[0], num_captions, dtype=torch.float32, device=device)
         column = 0
         for wp, index in buckets:
-            _forward_block(img, prepare(index, wp), out[:, column : column + len(index)], **options)
+            _forward_block(img, prepare(index, wp), out[:, column : column + len(index)], options=options, precision=precision)
             column += len(index)
         scores[start : start + len(out)] = out[:, inverse].cpu()  # back to caption order
     return scores
@@ -589,13 +630,13 @@ class TritonScanScores(torch.autograd.Function):
     """Differentiable `(B, B')` SCAN scores of a training batch with the fused kernels."""
 
     @staticmethod
-    def forward(ctx, images, captions, caption_mask, direction, norm, smooth, agg, lambda_lse, precision):
+    def forward(ctx, images, captions, caption_mask, options: AttentionOptions, precision: str):
+        direction = options.direction
         dtype = _compute_dtype(precision)
         device = images.device
         mask = caption_mask.to(torch.bool)
         lengths = _mask_extent(mask)
         img = _prepare_images(images.detach(), device=device, dtype=dtype, direction=direction)
-        options = dict(direction=direction, norm=norm, smooth=smooth, agg=agg, lambda_lse=lambda_lse, precision=precision)
         scores = torch.empty(images.shape[0], captions.shape[0], dtype=torch.float32, device=device)
         buckets = _caption_buckets(lengths.cpu(), captions.shape[0])
         caps = []
@@ -603,13 +644,14 @@ class TritonScanScores(torch.autograd.Function):
             index = index.to(device)
             cap = _prepare_captions(captions.detach()[index], mask[index], wp, device=device, dtype=dtype, direction=direction)
             out = torch.empty(images.shape[0], len(index), dtype=torch.float32, device=device)
-            _forward_block(img, cap, out, **options)
+            _forward_block(img, cap, out, options=options, precision=precision)
             scores[:, index] = out
             caps.append((index, cap))
         ctx.save_for_backward(images, captions)
         ctx.mask = mask
         ctx.prepared = (img, caps)
         ctx.options = options
+        ctx.precision = precision
         return scores.to(images.dtype)
 
     @staticmethod
@@ -618,7 +660,7 @@ class TritonScanScores(torch.autograd.Function):
         mask = ctx.mask
         img, caps = ctx.prepared
         options = ctx.options
-        direction = options["direction"]
+        direction = options.direction
         grad_scores = grad_scores.float().contiguous()
         regions = img["regions"]  # (N, R, D) compute dtype
         num_images, num_regions, embed_dim = regions.shape
@@ -632,9 +674,8 @@ class TritonScanScores(torch.autograd.Function):
             words = cap["words"]  # (m, WP, D)
             m, wp, _ = words.shape
             meta = _launch_config(
-                "bwd", options["precision"], wp=wp, num_regions=num_regions, embed_dim=embed_dim,
-                direction=direction, norm=options["norm"], agg=options["agg"],
-            )  # fmt: skip
+                "bwd", ctx.precision, wp=wp, num_regions=num_regions, embed_dim=embed_dim, options=options
+            )
             grad_s = torch.empty(num_images * num_regions, m * wp, dtype=torch.float32, device=regions.device)
             if direction == "t2i":
                 gram, qnorm = img["gram"], cap["norm"]
@@ -648,7 +689,7 @@ class TritonScanScores(torch.autograd.Function):
                 regions, words, cap["mask"], gram, qnorm, block_grad,
                 grad_s, grad_gram, grad_qnorm,
                 num_images, m, num_regions, embed_dim, block_grad.stride(0),
-                float(options["smooth"]), float(options["lambda_lse"]),
+                options.smooth, options.lambda_lse,
                 **meta,
             )  # fmt: skip
             words_f = words.float()
@@ -664,7 +705,7 @@ class TritonScanScores(torch.autograd.Function):
             grad_images += torch.bmm(grad_image_gram + grad_image_gram.transpose(1, 2), regions_f)
         else:
             grad_images += grad_image_norm[..., None] * regions_f / regions_f.norm(dim=-1, keepdim=True).clamp(min=EPS)
-        return grad_images.to(images.dtype), grad_captions.to(captions.dtype), None, None, None, None, None, None, None
+        return grad_images.to(images.dtype), grad_captions.to(captions.dtype), None, None, None
 
 
 def _mask_extent(mask: torch.Tensor) -> torch.Tensor:
@@ -677,12 +718,8 @@ def batch_scores(
     images: torch.Tensor,
     captions: torch.Tensor,
     caption_mask: torch.Tensor,
+    options: AttentionOptions,
     *,
-    direction: str = "t2i",
-    norm: str = "clipped_l2norm",
-    smooth: float = 9.0,
-    agg: str = "Mean",
-    lambda_lse: float = 6.0,
     precision: str = "bf16",
 ) -> torch.Tensor:
     """Differentiable `(B, B')` scores of a training batch (forward and backward in Triton).
@@ -691,10 +728,12 @@ def batch_scores(
         images: `(B, R, D)` region embeddings on the GPU.
         captions: `(B', W, D)` word embeddings, padded (padding never gets a gradient).
         caption_mask: `(B', W)` True at real words; every caption needs at least one.
+        options: direction, norm, smooth (lambda_1), agg and lambda_lse.
         precision: `bf16`, `tf32` or `fp32` (see the module docstring).
+
+    Raises:
+        BackendError: The kernels do not implement the norm or pooling of `options`.
     """
-    check_attention_options(direction=direction, norm=norm, agg=agg)
+    _check_options(options)
     _check_precision(precision)
-    return TritonScanScores.apply(
-        images, captions, caption_mask, direction, norm, float(smooth), agg, float(lambda_lse), precision
-    )
+    return TritonScanScores.apply(images, captions, caption_mask, options, precision)

@@ -6,6 +6,10 @@ Everything a run needs to continue is checkpointed: model, optimizer, step, epoc
 inside the epoch, best rsum and RNG state, so `scan train --resume` after a crash or Ctrl-C
 finishes with exactly the steps an uninterrupted run takes. The run directory holds the
 resolved `config.yaml`, `vocab.json`, `metrics.jsonl` and `checkpoints/{latest,best}`.
+
+A validation that was cut short (Ctrl-C or SIGTERM while it ran) is marked pending in the
+checkpoint and redone first on resume, so `best` always points at the best checkpoint. One
+process trains a run directory at a time: `train` holds the folder's lock.
 """
 
 from __future__ import annotations
@@ -24,23 +28,26 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from scan.atomic import write_text_atomic
-from scan.config import Config, ConfigError, config_from_dict, dump_config
+from scan import checkpoint as ckpt
+from scan.atomic import FolderLock, write_text_atomic
+from scan.config import Config, config_from_dict, dump_config
 from scan.data.collate import CaptionDataset, collate_captions
 from scan.data.precomp import PrecompSplit
 from scan.evaluate.encode import encode_split, score_split
+from scan.errors import ConfigError, DataError
 from scan.evaluate.metrics import retrieval_metrics
 from scan.losses import triplet_loss
 from scan.models.scan import SCAN, build_model
 from scan.models.tokenizers import build_tokenizer
-from scan.train import checkpoint as ckpt
-from scan.train.devices import autocast, resolve_device, resolve_precision
+from scan.runtime import autocast, resolve_device, resolve_precision
 from scan.train.schedule import EpochBatches, learning_rate
 
 # Fields that may differ between a run and its resumption without changing what is computed.
 # Fields that setup fills in from the data, so a fresh config does not know them yet.
 DERIVED_FIELDS = {"model.vocab_size", "model.image_dim", "data.extract"}
 RESUMABLE_FIELDS = {"train.device", "train.progress", "train.epochs", "train.max_steps", "data.workers", "train.scoring_backend", "train.scoring_precision"}
+# Fields that name files: `runs/x`, `runs/x/` and `/home/me/runs/x` are the same run directory.
+PATH_FIELDS = {"train.run_dir", "data.path", "data.vocab"}
 
 
 @dataclass
@@ -63,6 +70,7 @@ class Run:
     batch_in_epoch: int = 0  # batches of the current epoch already trained on
     best_rsum: float = -math.inf
     best_step: int = -1
+    validation_pending: bool = False  # a validation was interrupted; resume redoes it first
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -78,13 +86,21 @@ def _log(run: Run, record: dict[str, Any]) -> None:
         handle.flush()
 
 
+def _same_path(a: str, b: str) -> bool:
+    return a == b or (bool(a) and bool(b) and Path(a).expanduser().resolve() == Path(b).expanduser().resolve())
+
+
 def _config_differences(saved: Config, wanted: Config) -> list[str]:
     out = []
+    saved_values = saved.to_dict()
     for section, values in wanted.to_dict().items():
         for key, value in values.items():
-            old = saved.to_dict()[section][key]
-            if old != value and f"{section}.{key}" not in RESUMABLE_FIELDS | DERIVED_FIELDS:
-                out.append(f"{section}.{key}: {old!r} -> {value!r}")
+            dotted, old = f"{section}.{key}", saved_values[section][key]
+            if dotted in RESUMABLE_FIELDS | DERIVED_FIELDS or old == value:
+                continue
+            if dotted in PATH_FIELDS and _same_path(old, value):
+                continue
+            out.append(f"{dotted}: {old!r} -> {value!r}")
     return out
 
 
@@ -104,11 +120,13 @@ def setup(config: Config, *, resume: bool = False) -> Run:
         differences = _config_differences(saved, config)
         if differences:
             raise ConfigError("--resume with a different config would not continue the same run: " + "; ".join(differences))
-        for key in RESUMABLE_FIELDS:
+        for key in RESUMABLE_FIELDS | {"train.run_dir"}:  # the run continues where it now lies
             section, name = key.split(".")
             setattr(getattr(saved, section), name, getattr(getattr(config, section), name))
         config = saved
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:  # lines of an earlier start that died before its first checkpoint: a lost run
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     torch.manual_seed(config.train.seed)
 
     if not config.data.path:
@@ -127,7 +145,7 @@ def setup(config: Config, *, resume: bool = False) -> Run:
     config.model.image_dim = train_split.feature_dim
     extract_info = Path(config.data.path) / f"{config.data.train_split}_extract.json"
     if extract_info.exists():  # features made by `scan extract`: remember how, for new photos
-        config.data.extract = json.loads(extract_info.read_text()).get("config", {})
+        config.data.extract = _read_extract_settings(extract_info)
 
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
@@ -161,6 +179,26 @@ def setup(config: Config, *, resume: bool = False) -> Run:
     return run
 
 
+def _read_extract_settings(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"unreadable extraction record: {error}", path=path) from None
+    settings = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(settings, dict):
+        raise DataError("expected an object with the extraction settings", path=path, field="config")
+    return settings
+
+
+def _parse_log_line(line: str) -> dict[str, Any] | None:
+    """One metrics.jsonl record; None for an empty line or the torn last line of a killed run."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _restore(run: Run, folder: Path) -> None:
     state = ckpt.read_state(folder)
     ckpt.load_weights(folder, run.model)
@@ -168,12 +206,14 @@ def _restore(run: Run, folder: Path) -> None:
     ckpt.set_rng_state(state["rng"])
     run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
     run.best_rsum, run.best_step = state["best_rsum"], state["best_step"]
+    run.validation_pending = bool(state.get("validation_pending", False))
     # Lines logged after this checkpoint belong to the lost part of the run: drop them.
     log = run.run_dir / "metrics.jsonl"
     if log.exists():
-        kept = [line for line in log.read_text().splitlines() if line and json.loads(line).get("step", 0) <= run.step]
-        write_text_atomic(log, "".join(line + "\n" for line in kept))
-        run.history = [json.loads(line) for line in kept]
+        records = [_parse_log_line(line) for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+        kept = [r for r in records if r is not None and r.get("step", 0) <= run.step]
+        write_text_atomic(log, "".join(json.dumps(r) + "\n" for r in kept))
+        run.history = kept
 
 
 def save(run: Run, *, is_best: bool = False) -> Path:
@@ -184,6 +224,7 @@ def save(run: Run, *, is_best: bool = False) -> Path:
         "batch_in_epoch": run.batch_in_epoch,
         "best_rsum": run.best_rsum,
         "best_step": run.best_step,
+        "validation_pending": run.validation_pending,
         "rng": ckpt.rng_state(),
         "config": run.config.to_dict(),
     }
@@ -195,9 +236,12 @@ def save(run: Run, *, is_best: bool = False) -> Path:
         config_yaml=dump_config(run.config),
         vocab_json=run.tokenizer.to_json(),
     )
-    ckpt.point_link(run.checkpoint_dir / "latest", folder)
+    # `best` before `latest`: a kill between the two leaves `latest` at the previous checkpoint,
+    # whose resumption redoes this step and points `best` again. The other order could leave a
+    # `latest` that records this step as best while `best` still names an older one.
     if is_best:
         ckpt.point_link(run.checkpoint_dir / "best", folder)
+    ckpt.point_link(run.checkpoint_dir / "latest", folder)
     keep = {p.resolve() for p in (run.checkpoint_dir / "latest", run.checkpoint_dir / "best") if p.exists()}
     for old in run.checkpoint_dir.glob("step-*"):
         if old.resolve() not in keep:
@@ -222,10 +266,17 @@ def validate(run: Run) -> dict[str, float]:
 
 
 def _validate_and_save(run: Run) -> None:
+    """Validate (if there is a validation split), then checkpoint; `best` follows the rsum.
+
+    `validation_pending` is set for as long as the validation runs: an interrupt inside it saves
+    a checkpoint that says so, and the resumed run validates that step before training on.
+    """
     if run.val_split is None:
         save(run)
         return
+    run.validation_pending = True
     metrics = validate(run)
+    run.validation_pending = False
     is_best = metrics["rsum"] > run.best_rsum
     if is_best:
         run.best_rsum, run.best_step = metrics["rsum"], run.step
@@ -263,11 +314,14 @@ def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str
     config = run.config
     every = config.train.val_every_steps
     checkpoint_every = config.train.checkpoint_every_steps
-    run.model.train()
+    lock = FolderLock(run.run_dir, purpose="scan train").acquire()
     previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     bar = tqdm(total=run.total_steps, initial=run.step, disable=not config.train.progress, desc="train", unit="step")
     started = time.time()
     try:
+        if run.validation_pending:  # the run was stopped inside a validation: finish it first
+            _validate_and_save(run)
+        run.model.train()
         while run.step < run.total_steps:
             lr = learning_rate(base=config.train.lr, epoch=run.epoch, decay_epochs=config.train.lr_decay_epochs, decay=config.train.lr_decay)
             for group in run.optimizer.param_groups:
@@ -281,6 +335,10 @@ def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str
                 collate_fn=collate_captions,
                 num_workers=config.data.workers,
                 pin_memory=run.device.type == "cuda",
+                # Its own generator: a DataLoader iterator draws a seed for its workers, and from
+                # the global RNG that draw would shift dropout's stream by one at every resume
+                # mid-epoch, so a resumed run would no longer match an uninterrupted one.
+                generator=torch.Generator().manual_seed(config.train.seed * 1000003 + run.epoch),
             )
             for batch in loader:
                 values = _train_step(run, batch)
@@ -310,6 +368,7 @@ def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
+        lock.release()
     return {"steps": run.step, "best_rsum": run.best_rsum, "best_step": run.best_step, "run_dir": str(run.run_dir)}
 
 

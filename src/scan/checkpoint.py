@@ -5,7 +5,11 @@ moments, flattened), `state.json` (step, epoch, schedule, RNG, best rsum, the op
 non-tensor state), plus `config.yaml` and `vocab.json` so the folder alone rebuilds the model.
 Folders are written under a temporary name, fsynced and renamed; `latest` and `best` are
 symbolic links swapped with an atomic `os.replace`, so a crash at any moment leaves the
-previous complete checkpoint in place. Nothing is unpickled on load.
+previous complete checkpoint in place; the temporaries a hard kill leaves behind are removed
+by the next save. Nothing is unpickled on load.
+
+This is the file format, so it belongs to the library: loading a model for evaluation or
+search needs it, and none of the training recipe.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from scan.errors import CheckpointError
+
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
@@ -26,8 +32,24 @@ CONFIG_FILE = "config.yaml"
 VOCAB_FILE = "vocab.json"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint folder is missing, incomplete or does not match the model."""
+TMP_MARK = ".tmp-"  # temporaries are hidden siblings: `.{name}.tmp-{pid}`
+
+__all__ = [
+    "CONFIG_FILE",
+    "MODEL_FILE",
+    "OPTIMIZER_FILE",
+    "STATE_FILE",
+    "VOCAB_FILE",
+    "CheckpointError",
+    "load_optimizer",
+    "load_weights",
+    "point_link",
+    "read_state",
+    "remove_orphaned_temporaries",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -72,6 +94,8 @@ def save_checkpoint(
 ) -> Path:
     """Write a complete checkpoint to `folder` atomically (temporary name, fsync, rename)."""
     folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_temporaries(folder.parent)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -84,9 +108,9 @@ def save_checkpoint(
         save_file(tensors, str(tmp / OPTIMIZER_FILE))
         full_state["optimizer"] = plain
     for name, text in ((STATE_FILE, json.dumps(full_state, indent=1)), (CONFIG_FILE, config_yaml)):
-        (tmp / name).write_text(text)
+        (tmp / name).write_text(text, encoding="utf-8")
     if vocab_json is not None:
-        (tmp / VOCAB_FILE).write_text(vocab_json)
+        (tmp / VOCAB_FILE).write_text(vocab_json, encoding="utf-8")
     for child in tmp.iterdir():
         with open(child, "rb") as handle:
             os.fsync(handle.fileno())
@@ -96,6 +120,23 @@ def save_checkpoint(
     os.replace(tmp, folder)
     _fsync_dir(folder.parent)
     return folder
+
+
+def remove_orphaned_temporaries(checkpoint_dir: Path) -> list[Path]:
+    """Delete the half-written `.*.tmp-*` folders and links a killed save left in `checkpoint_dir`.
+
+    Only one process writes a run directory at a time (the recipe holds its lock), so every
+    temporary present before a save is an orphan: it was never renamed into place and nothing
+    refers to it. Returns what was removed.
+    """
+    removed = []
+    for path in Path(checkpoint_dir).glob(f".*{TMP_MARK}*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path)
+    return removed
 
 
 def point_link(link: Path, target: Path) -> None:
@@ -115,8 +156,8 @@ def read_state(folder: Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"{folder}: not a checkpoint (no {STATE_FILE})")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path}: unreadable checkpoint state: {error}") from None
 
 
@@ -135,7 +176,10 @@ def load_weights(folder: Path, model: torch.nn.Module) -> None:
 
 def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     path = Path(folder) / OPTIMIZER_FILE
-    tensors = load_file(str(path)) if path.exists() else {}
+    try:
+        tensors = load_file(str(path)) if path.exists() else {}
+    except Exception as error:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"{path}: unreadable optimizer state: {error}") from None
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
 
 
