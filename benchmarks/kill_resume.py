@@ -80,9 +80,15 @@ def snapshot_source(work: Path, commit: str | None = None) -> Path:
     target = tree / "src"
     SUBPROCESS_ENV["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH", "")]))
     check = subprocess.run(
-        [sys.executable, "-c", "import scan.cli.main, scan.cli.train, scan.cli.extract, scan.train.recipe, "
-         "scan.features.extract, scan.data.synthetic; print(scan.__file__)"],
-        env=dict(os.environ, **SUBPROCESS_ENV), capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import scan.cli.main, scan.cli.train, scan.cli.extract, scan.train.recipe, "
+            "scan.features.extract, scan.data.synthetic; print(scan.__file__)",
+        ],
+        env=dict(os.environ, **SUBPROCESS_ENV),
+        capture_output=True,
+        text=True,
     )
     if check.returncode != 0 or not check.stdout.strip().startswith(str(target)):
         raise RuntimeError(f"the snapshot of src/ does not import (someone mid-edit? retry):\n{check.stderr[-2000:]}")
@@ -93,9 +99,15 @@ def snapshot_source(work: Path, commit: str | None = None) -> Path:
 def code_version() -> str:
     """The commit, and whether src/ has uncommitted changes (read-only git calls)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--", "src"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain", "--", "src"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except OSError:
         return "unknown"
     return f"{head or 'unknown'}" + (" + uncommitted changes in src/" if dirty else "")
@@ -135,7 +147,9 @@ class Attempt:
     log: Path  # its stdout + stderr
 
 
-def run_attempt(cmd: list[str], log: Path, kill_after: float | None, *, marker: Path | None = None) -> tuple[Attempt, float | None]:
+def run_attempt(
+    cmd: list[str], log: Path, kill_after: float | None, *, marker: Path | None = None
+) -> tuple[Attempt, float | None]:
     """Run `cmd` in its own process group; SIGKILL the group after `kill_after` seconds if still running.
 
     Returns the attempt and, when `marker` is given, the seconds until that path first existed
@@ -157,8 +171,11 @@ def run_attempt(cmd: list[str], log: Path, kill_after: float | None, *, marker: 
                 proc.wait()
                 break
             try:
-                proc.wait(timeout=0.02 if marker is not None and marker_seconds is None else
-                          (None if deadline is None else max(0.0, min(0.5, deadline - now))))
+                proc.wait(
+                    timeout=0.02
+                    if marker is not None and marker_seconds is None
+                    else (None if deadline is None else max(0.0, min(0.5, deadline - now)))
+                )
                 break
             except subprocess.TimeoutExpired:
                 continue
@@ -200,22 +217,39 @@ def stray_hidden(ref: Path, got: Path, subfolders: tuple[str, ...]) -> list[str]
         if not (got / sub).is_dir():
             continue
         have = {p.name for p in (ref / sub).iterdir()} if (ref / sub).is_dir() else set()
-        out += [str(Path(sub) / p.name) for p in sorted((got / sub).iterdir()) if p.name.startswith(".") and p.name not in have]
+        out += [
+            str(Path(sub) / p.name)
+            for p in sorted((got / sub).iterdir())
+            if p.name.startswith(".") and p.name not in have
+        ]
     return out
 
 
 class TrainJob:
     """`scan train` on a synthetic data set; resumable with --resume once checkpoints/latest exists."""
 
-    def __init__(self, work: Path, *, config: Path, num_train: int, num_dev: int, epochs: int, batch_size: int,
-                 checkpoint_every: int, data_seed: int, extra_overrides: list[str] | None = None,
-                 name: str = "train") -> None:
+    def __init__(
+        self,
+        work: Path,
+        *,
+        config: Path,
+        num_train: int,
+        num_dev: int,
+        epochs: int,
+        batch_size: int,
+        checkpoint_every: int,
+        data_seed: int,
+        extra_overrides: list[str] | None = None,
+        name: str = "train",
+    ) -> None:
         from scan.data.synthetic import write_synthetic_precomp
 
         self.name = name
         self.config = config
         self.data = work / f"{name.replace(' ', '-')}-data"
-        write_synthetic_precomp(self.data, num_train=num_train, num_dev=num_dev, num_test=max(num_dev, 5), seed=data_seed)
+        write_synthetic_precomp(
+            self.data, num_train=num_train, num_dev=num_dev, num_test=max(num_dev, 5), seed=data_seed
+        )
         self.overrides = [
             "train.progress=false",
             f"train.checkpoint_every_steps={checkpoint_every}",
@@ -228,10 +262,21 @@ class TrainJob:
         ]
         self.total_steps = epochs * -(-num_train * 5 // batch_size)
         extra = "".join(f", {o}" for o in extra_overrides or [])
-        self.label = f"{name} ({num_train} images, {self.total_steps} steps, checkpoint every {checkpoint_every}{extra})"
+        self.label = (
+            f"{name} ({num_train} images, {self.total_steps} steps, checkpoint every {checkpoint_every}{extra})"
+        )
 
     def command(self, folder: Path, *, resume: bool) -> list[str]:
-        cmd = [*scan_command(), "train", "--config", str(self.config), "--data", str(self.data), "--run-dir", str(folder)]
+        cmd = [
+            *scan_command(),
+            "train",
+            "--config",
+            str(self.config),
+            "--data",
+            str(self.data),
+            "--run-dir",
+            str(folder),
+        ]
         return cmd + (["--resume"] if resume else []) + self.overrides
 
     def marker(self, folder: Path) -> Path:
@@ -340,8 +385,19 @@ class ExtractJob:
 
     def command(self, folder: Path, *, resume: bool) -> list[str]:
         del resume  # the extractor finds its own progress
-        cmd = [*scan_command(), "extract", "--data", str(self.photos), "--out", str(folder), "--mode", self.mode,
-               "--batch-size", str(self.batch_size), "--quiet"]
+        cmd = [
+            *scan_command(),
+            "extract",
+            "--data",
+            str(self.photos),
+            "--out",
+            str(folder),
+            "--mode",
+            self.mode,
+            "--batch-size",
+            str(self.batch_size),
+            "--quiet",
+        ]
         return cmd + (["--workers", str(self.workers)] if self.workers else [])
 
     def marker(self, folder: Path) -> Path:
@@ -424,14 +480,26 @@ class TrialResult:
 
 def reference_run(job, work: Path) -> Reference:
     folder = work / f"{job.name.replace(' ', '-')}-reference"
-    attempt, first = run_attempt(job.command(folder, resume=False), work / f"{folder.name}.log", None, marker=job.marker(folder))
+    attempt, first = run_attempt(
+        job.command(folder, resume=False), work / f"{folder.name}.log", None, marker=job.marker(folder)
+    )
     if attempt.returncode != 0:
         raise RuntimeError(f"reference {job.name} run failed (exit {attempt.returncode}):\n{log_tail(attempt.log)}")
     return Reference(folder, attempt.seconds, first if first is not None else 0.0)
 
 
-def run_trial(job, ref: Reference, work: Path, index: int, rng: random.Random, max_kills: int, *,
-              max_attempts: int = 50, max_redraws: int = 3, earliest: float = 0.0) -> TrialResult:
+def run_trial(
+    job,
+    ref: Reference,
+    work: Path,
+    index: int,
+    rng: random.Random,
+    max_kills: int,
+    *,
+    max_attempts: int = 50,
+    max_redraws: int = 3,
+    earliest: float = 0.0,
+) -> TrialResult:
     """Kill the job 1..max_kills times at random moments, rerun until it finishes, compare with the reference.
 
     A trial whose first attempt finishes before its kill moment (the machine ran faster than the
@@ -482,7 +550,9 @@ def run_trial(job, ref: Reference, work: Path, index: int, rng: random.Random, m
         comparison = job.compare(ref.folder, folder)
         result.identical = comparison.identical and result.kills > 0
         if not result.kills:
-            comparison.details.append(f"never killed: every attempt finished before its kill moment ({result.redraws} redraws)")
+            comparison.details.append(
+                f"never killed: every attempt finished before its kill moment ({result.redraws} redraws)"
+            )
         result.max_abs_diff = comparison.max_abs_diff
         result.details = comparison.details
         result.leftovers = comparison.leftovers
@@ -491,7 +561,9 @@ def run_trial(job, ref: Reference, work: Path, index: int, rng: random.Random, m
     return result
 
 
-def run_job(job, work: Path, trials: int, rng: random.Random, max_kills: int, *, verbose: bool = True) -> tuple[Reference, list[TrialResult]]:
+def run_job(
+    job, work: Path, trials: int, rng: random.Random, max_kills: int, *, verbose: bool = True
+) -> tuple[Reference, list[TrialResult]]:
     ref = reference_run(job, work)
     if verbose:
         print(f"[{job.name}] reference: {ref.seconds:.1f} s (first checkpoint after {ref.startup:.1f} s)", flush=True)
@@ -501,11 +573,17 @@ def run_job(job, work: Path, trials: int, rng: random.Random, max_kills: int, *,
         results.append(result)
         if verbose:
             state = "ERROR" if result.error else ("identical" if result.identical else "DIFFERENT")
-            print(f"[{job.name}] trial {index}: {result.kills} kill(s) at {result.kill_times} s "
-                  f"(checkpointed share {result.kill_progress}), {result.resumed_runs} resumed, "
-                  f"{result.restarts} from scratch, {result.redraws} redraw(s), {result.seconds:.1f} s: {state}"
-                  + (f"; metrics.jsonl {'identical' if result.metrics_identical else 'DIFFERENT'} (w/o time)"
-                     if result.metrics_identical is not None else ""), flush=True)
+            print(
+                f"[{job.name}] trial {index}: {result.kills} kill(s) at {result.kill_times} s "
+                f"(checkpointed share {result.kill_progress}), {result.resumed_runs} resumed, "
+                f"{result.restarts} from scratch, {result.redraws} redraw(s), {result.seconds:.1f} s: {state}"
+                + (
+                    f"; metrics.jsonl {'identical' if result.metrics_identical else 'DIFFERENT'} (w/o time)"
+                    if result.metrics_identical is not None
+                    else ""
+                ),
+                flush=True,
+            )
             for line in result.details[:10]:
                 print(f"    {line}", flush=True)
             if result.leftovers:
@@ -519,13 +597,19 @@ def run_job(job, work: Path, trials: int, rng: random.Random, max_kills: int, *,
 
 
 def table(rows: list[tuple[Any, Reference, list[TrialResult]]]) -> str:
-    head = ("| job | reference run (s) | trials | kills | resumed runs | restarts from scratch | "
-            "final outputs identical | max abs diff | stray temp files |")
+    head = (
+        "| job | reference run (s) | trials | kills | resumed runs | restarts from scratch | "
+        "final outputs identical | max abs diff | stray temp files |"
+    )
     lines = [head, "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for job, ref, results in rows:
         ok = sum(r.identical and r.error is None for r in results)
         errors = sum(r.error is not None for r in results)
-        identical = f"{ok}/{len(results)}" + (" yes" if ok == len(results) else " NO") + (f" ({errors} errored)" if errors else "")
+        identical = (
+            f"{ok}/{len(results)}"
+            + (" yes" if ok == len(results) else " NO")
+            + (f" ({errors} errored)" if errors else "")
+        )
         stray = sum(len(r.leftovers) for r in results)
         lines.append(
             f"| {job.label} | {ref.seconds:.1f} | {len(results)} | {sum(r.kills for r in results)} | "
@@ -536,16 +620,20 @@ def table(rows: list[tuple[Any, Reference, list[TrialResult]]]) -> str:
 
 
 def trial_table(rows: list[tuple[Any, Reference, list[TrialResult]]]) -> str:
-    lines = ["| job | trial | kills | kill times (s) | resumed runs | restarts from scratch | identical | "
-             "metrics.jsonl (w/o time) | saved RNG state |",
-             "|---|---:|---:|---|---:|---:|---|---|---|"]
+    lines = [
+        "| job | trial | kills | kill times (s) | resumed runs | restarts from scratch | identical | "
+        "metrics.jsonl (w/o time) | saved RNG state |",
+        "|---|---:|---:|---|---:|---:|---|---|---|",
+    ]
     for job, _, results in rows:
         for r in results:
             ident = "error" if r.error else ("yes" if r.identical else "NO")
             metrics = "-" if r.metrics_identical is None else ("yes" if r.metrics_identical else "NO")
             rng_state = "-" if r.rng_identical is None else ("same" if r.rng_identical else "differs")
             times = ", ".join(f"{t:.1f}" for t in r.kill_times) or "-"
-            lines.append(f"| {job.name} | {r.index} | {r.kills} | {times} | {r.resumed_runs} | {r.restarts} | {ident} | {metrics} | {rng_state} |")
+            lines.append(
+                f"| {job.name} | {r.index} | {r.kills} | {times} | {r.resumed_runs} | {r.restarts} | {ident} | {metrics} | {rng_state} |"
+            )
     return "\n".join(lines)
 
 
@@ -553,34 +641,62 @@ def trial_table(rows: list[tuple[Any, Reference, list[TrialResult]]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--trials", type=int, default=5, help="interrupted runs per job (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill schedule (default: %(default)s)")
-    p.add_argument("--max-kills-per-trial", type=int, default=3,
-                   help="each trial is killed 1..N times, N drawn per trial (default: %(default)s)")
-    p.add_argument("--work-dir", type=Path, default=None, help="where runs go (default: a temporary folder, removed after)")
+    p.add_argument(
+        "--max-kills-per-trial",
+        type=int,
+        default=3,
+        help="each trial is killed 1..N times, N drawn per trial (default: %(default)s)",
+    )
+    p.add_argument(
+        "--work-dir", type=Path, default=None, help="where runs go (default: a temporary folder, removed after)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary work dir")
     p.add_argument("--only", choices=("train", "extract"), default=None, help="run only one job")
-    p.add_argument("--no-snapshot", action="store_true",
-                   help="run the live src/ instead of a copy taken at the start (a copy keeps every run on the same code)")
-    p.add_argument("--snapshot-commit", metavar="REV", default=None,
-                   help="run src/ as of this commit (git archive) instead of the working tree's")
+    p.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="run the live src/ instead of a copy taken at the start (a copy keeps every run on the same code)",
+    )
+    p.add_argument(
+        "--snapshot-commit",
+        metavar="REV",
+        default=None,
+        help="run src/ as of this commit (git archive) instead of the working tree's",
+    )
     g = p.add_argument_group("train job")
     g.add_argument("--num-train", type=int, default=300, help="synthetic training images (default: %(default)s)")
     g.add_argument("--num-dev", type=int, default=50, help="synthetic validation images (default: %(default)s)")
     g.add_argument("--epochs", type=int, default=4, help="(default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=32, help="captions per batch (default: %(default)s)")
-    g.add_argument("--checkpoint-every", type=int, default=20, help="train.checkpoint_every_steps (default: %(default)s)")
-    g.add_argument("--minilm", action="store_true",
-                   help="also train with model.text_encoder=minilm (the fine-tuned pretrained text encoder, whose "
-                   "dropout draws from the torch RNG; slower: --minilm-train images, --minilm-epochs)")
+    g.add_argument(
+        "--checkpoint-every", type=int, default=20, help="train.checkpoint_every_steps (default: %(default)s)"
+    )
+    g.add_argument(
+        "--minilm",
+        action="store_true",
+        help="also train with model.text_encoder=minilm (the fine-tuned pretrained text encoder, whose "
+        "dropout draws from the torch RNG; slower: --minilm-train images, --minilm-epochs)",
+    )
     g.add_argument("--minilm-train", type=int, default=100, help="(default: %(default)s)")
     g.add_argument("--minilm-epochs", type=int, default=1, help="(default: %(default)s)")
     g = p.add_argument_group("extract job")
     g.add_argument("--photos", type=Path, default=PHOTOS_SOURCE, help="flickr8k-800 folder (default: %(default)s)")
-    g.add_argument("--images", type=int, nargs=3, default=(24, 8, 8), metavar=("TRAIN", "VAL", "TEST"),
-                   help="photos per split (default: 24 8 8)")
-    g.add_argument("--extract-batch-size", type=int, default=4, help="images per extraction checkpoint (default: %(default)s)")
+    g.add_argument(
+        "--images",
+        type=int,
+        nargs=3,
+        default=(24, 8, 8),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="photos per split (default: 24 8 8)",
+    )
+    g.add_argument(
+        "--extract-batch-size", type=int, default=4, help="images per extraction checkpoint (default: %(default)s)"
+    )
     g.add_argument("--bottomup", action="store_true", help="also run --mode bottomup (the detector; slower)")
     return p
 
@@ -588,11 +704,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     script = Path(__file__).resolve()
-    command = shlex.join([
-        os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable,
-        str(script.relative_to(REPO)) if script.is_relative_to(REPO) else str(script),
-        *(sys.argv[1:] if argv is None else argv),
-    ])
+    command = shlex.join(
+        [
+            os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable,
+            str(script.relative_to(REPO)) if script.is_relative_to(REPO) else str(script),
+            *(sys.argv[1:] if argv is None else argv),
+        ]
+    )
     rng = random.Random(args.seed)
     temporary = args.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="kill_resume-")) if temporary else args.work_dir
@@ -610,22 +728,45 @@ def main(argv: list[str] | None = None) -> int:
                 version += " (a copy of src/ taken at the start)"
         if args.only in (None, "train"):
             config = synthetic_config(work, snapshot)
-            job = TrainJob(work, config=config, num_train=args.num_train, num_dev=args.num_dev, epochs=args.epochs, batch_size=args.batch_size,
-                           checkpoint_every=args.checkpoint_every, data_seed=args.seed)
+            job = TrainJob(
+                work,
+                config=config,
+                num_train=args.num_train,
+                num_dev=args.num_dev,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                checkpoint_every=args.checkpoint_every,
+                data_seed=args.seed,
+            )
             rows.append((job, *run_job(job, work, args.trials, rng, args.max_kills_per_trial)))
             if args.minilm:
-                job = TrainJob(work, config=config, num_train=args.minilm_train, num_dev=20, epochs=args.minilm_epochs,
-                               batch_size=args.batch_size, checkpoint_every=4, data_seed=args.seed,
-                               extra_overrides=["model.text_encoder=minilm"], name="train minilm")
+                job = TrainJob(
+                    work,
+                    config=config,
+                    num_train=args.minilm_train,
+                    num_dev=20,
+                    epochs=args.minilm_epochs,
+                    batch_size=args.batch_size,
+                    checkpoint_every=4,
+                    data_seed=args.seed,
+                    extra_overrides=["model.text_encoder=minilm"],
+                    name="train minilm",
+                )
                 rows.append((job, *run_job(job, work, args.trials, rng, args.max_kills_per_trial)))
         if args.only in (None, "extract"):
             if not (args.photos / "dataset_flickr8k_800.json").exists():
                 print(f"extract job skipped: {args.photos} has no dataset_flickr8k_800.json", file=sys.stderr)
             else:
-                photos = make_photo_folder(work / "photos", dict(zip(("train", "val", "test"), args.images, strict=True)), args.photos)
+                photos = make_photo_folder(
+                    work / "photos", dict(zip(("train", "val", "test"), args.images, strict=True)), args.photos
+                )
                 for mode in ("grid", "bottomup") if args.bottomup else ("grid",):
-                    job = ExtractJob(photos, mode=mode, batch_size=args.extract_batch_size,
-                                     counts=dict(zip(("train", "val", "test"), args.images, strict=True)))
+                    job = ExtractJob(
+                        photos,
+                        mode=mode,
+                        batch_size=args.extract_batch_size,
+                        counts=dict(zip(("train", "val", "test"), args.images, strict=True)),
+                    )
                     rows.append((job, *run_job(job, work, args.trials, rng, args.max_kills_per_trial)))
     finally:
         if temporary and not args.keep:
@@ -636,13 +777,18 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(trial_table(rows))
     print()
-    print(f"Kill moments uniform over each attempt's expected remaining duration (seed {args.seed}); each trial killed "
-          f"1..{args.max_kills_per_trial} times, SIGKILL to the process group. Identical: every tensor of "
-          "checkpoints/latest (model + optimizer) and checkpoints/best equal (torch.equal), the same final step, best step "
-          "and best rsum, and latest/best pointing at the same step (the saved torch RNG state is reported apart); for extraction every output file equal byte for byte and no extra files. "
-          "Stray temp files: hidden *.tmp files / .step-*.tmp-* folders a hard kill leaves (not read by anything).")
+    print(
+        f"Kill moments uniform over each attempt's expected remaining duration (seed {args.seed}); each trial killed "
+        f"1..{args.max_kills_per_trial} times, SIGKILL to the process group. Identical: every tensor of "
+        "checkpoints/latest (model + optimizer) and checkpoints/best equal (torch.equal), the same final step, best step "
+        "and best rsum, and latest/best pointing at the same step (the saved torch RNG state is reported apart); for extraction every output file equal byte for byte and no extra files. "
+        "Stray temp files: hidden *.tmp files / .step-*.tmp-* folders a hard kill leaves (not read by anything)."
+    )
     print(f"Code: {version}")
-    print(f"Command: `{command}`; total wall time {elapsed:.0f} s" + ("" if temporary and not args.keep else f"; runs in {work}"))
+    print(
+        f"Command: `{command}`; total wall time {elapsed:.0f} s"
+        + ("" if temporary and not args.keep else f"; runs in {work}")
+    )
     bad = any(r.error is not None or not r.identical for _, _, results in rows for r in results)
     return 1 if bad else 0
 

@@ -60,7 +60,7 @@ def func_attention(query, context, opt, smooth, eps=1e-8):
     query: (n_context, queryL, d)
     context: (n_context, sourceL, d)
     """
-    batch_size_q, queryL = query.size(0), query.size(1)
+    _batch_size_q, queryL = query.size(0), query.size(1)
     batch_size, sourceL = context.size(0), context.size(1)
 
     # Get attention
@@ -134,7 +134,7 @@ def _aggregate(row_sim, opt):
     elif opt.agg_func == "Mean":
         row_sim = row_sim.mean(dim=1, keepdim=True)
     else:
-        raise ValueError("unknown aggfunc: {}".format(opt.agg_func))
+        raise ValueError(f"unknown aggfunc: {opt.agg_func}")
     return row_sim
 
 
@@ -159,7 +159,7 @@ def xattn_score_t2i(images, captions, cap_lens, opt):
             weiContext: (n_image, n_word, d)
             attn: (n_image, n_region, n_word)
         """
-        weiContext, attn = func_attention(cap_i_expand, images, opt, smooth=opt.lambda_softmax)
+        weiContext, _attn = func_attention(cap_i_expand, images, opt, smooth=opt.lambda_softmax)
         cap_i_expand = cap_i_expand.contiguous()
         weiContext = weiContext.contiguous()
         # (n_image, n_word)
@@ -194,7 +194,7 @@ def xattn_score_i2t(images, captions, cap_lens, opt):
             weiContext: (n_image, n_region, d)
             attn: (n_image, n_word, n_region)
         """
-        weiContext, attn = func_attention(images, cap_i_expand, opt, smooth=opt.lambda_softmax)
+        weiContext, _attn = func_attention(images, cap_i_expand, opt, smooth=opt.lambda_softmax)
         # (n_image, n_region)
         row_sim = cosine_similarity(images, weiContext, dim=2)
         row_sim = _aggregate(row_sim, opt)

@@ -33,10 +33,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import original_port  # noqa: E402
-
-from scan.similarity import dispatch  # noqa: E402
-from scan.similarity.options import AttentionOptions  # noqa: E402
+import original_port
+from scan.similarity import dispatch
+from scan.similarity.options import AttentionOptions
 
 NUM_REGIONS = 36
 EMBED_DIM = 1024
@@ -115,7 +114,7 @@ def default_paths(device: torch.device) -> list[tuple[str, str]]:
     if device.type == "cuda":
         paths = [("torch", "fp32"), ("torch", "bf16")]
         if "triton" in dispatch.available_backends(device):
-            paths = [("triton", "bf16"), ("triton", "tf32"), ("triton", "fp32")] + paths
+            paths = [("triton", "bf16"), ("triton", "tf32"), ("triton", "fp32"), *paths]
         return paths
     return [("torch", "fp32")]
 
@@ -181,7 +180,9 @@ def time_train_step(batch, *, direction, options, device, paths, repeats, seed):
     rows = []
     for backend, precision in paths:
         seconds, (g_im, g_cap) = timed(
-            lambda im, cap: dispatch.batch_scores(im, cap, mask, attention, backend=backend, precision=precision)
+            lambda im, cap, backend=backend, precision=precision: dispatch.batch_scores(
+                im, cap, mask, attention, backend=backend, precision=precision
+            )
         )
         rows.append(
             dict(
@@ -197,10 +198,11 @@ def time_train_step(batch, *, direction, options, device, paths, repeats, seed):
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    model = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-        platform.processor(),
-    )
+    with open("/proc/cpuinfo") as cpuinfo:
+        model = next(
+            (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+            platform.processor(),
+        )
     return f"{model}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
@@ -233,9 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.lambda_lse is not None:
         options["lambda_lse"] = args.lambda_lse
     AttentionOptions(**options)  # a misspelt --norm or --agg fails here, before any timing
-    paths = (
-        [tuple(p.split("/")) for p in args.paths.split(",")] if args.paths else default_paths(device)
-    )
+    paths = [tuple(p.split("/")) for p in args.paths.split(",")] if args.paths else default_paths(device)
     orig_images = min(args.original_images, args.images)
     orig_captions = min(args.original_captions, args.captions)
     pairs = args.images * args.captions
@@ -273,7 +273,9 @@ def main(argv: list[str] | None = None) -> dict:
     header = f"{'path':<16}{'seconds':>10}{'pairs/s':>14}{'x original':>12}{'peak MB':>10}{'max rel err':>13}"
     print(header)
     note = "measured" if measured_whole else f"extrapolated from {orig_images}x{orig_captions}"
-    print(f"{'original (f64)':<16}{pairs / original_rate:>10.1f}{original_rate:>14,.0f}{1.0:>12.1f}{'':>10}{'ref':>13}  ({note})")
+    print(
+        f"{'original (f64)':<16}{pairs / original_rate:>10.1f}{original_rate:>14,.0f}{1.0:>12.1f}{'':>10}{'ref':>13}  ({note})"
+    )
     for backend, precision in paths:
         scores, seconds, memory_mb = time_ours(
             images, captions, lengths, backend=backend, precision=precision, options=options, device=device,
@@ -290,7 +292,10 @@ def main(argv: list[str] | None = None) -> dict:
             max_rel_err=error,
         )
         result["paths"].append(row)
-        print(f"{row['path']:<16}{seconds:>10.2f}{rate:>14,.0f}{row['speedup']:>12.1f}{memory_mb:>10.0f}{error:>13.1e}", flush=True)
+        print(
+            f"{row['path']:<16}{seconds:>10.2f}{rate:>14,.0f}{row['speedup']:>12.1f}{memory_mb:>10.0f}{error:>13.1e}",
+            flush=True,
+        )
 
     if args.batch:
         train = time_train_step(

@@ -89,9 +89,13 @@ class TrainConfig:
     log_every_steps: int = 20  # write a line to metrics.jsonl every N steps
     seed: int = 0  # seeds model initialisation, shuffling and dropout
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # encoders: "bf16" autocast (GPU); "auto": bf16 on a GPU else fp32
+    precision: Literal["auto", "fp32", "bf16"] = (
+        "auto"  # encoders: "bf16" autocast (GPU); "auto": bf16 on a GPU else fp32
+    )
     scoring_backend: Literal["auto", "torch", "triton"] = "auto"  # the path of the pairwise scores
-    scoring_precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"  # pairwise scores: "auto" (bf16 on Triton, else fp32), "fp32" (exact)
+    scoring_precision: Literal["auto", "fp32", "tf32", "bf16"] = (
+        "auto"  # pairwise scores: "auto" (bf16 on Triton, else fp32), "fp32" (exact)
+    )
     run_dir: str = "runs/scan"  # checkpoints, metrics and the resolved config go here
     max_steps: int = 0  # stop after this many steps (0: no limit); for smoke runs
     progress: bool = True  # show a progress bar
@@ -170,7 +174,9 @@ def _validate(config: Config) -> None:
     from scan.similarity.options import AttentionOptions
 
     m = config.model
-    AttentionOptions(direction=m.direction, norm=m.raw_feature_norm, smooth=m.lambda_softmax, agg=m.agg, lambda_lse=m.lambda_lse)
+    AttentionOptions(
+        direction=m.direction, norm=m.raw_feature_norm, smooth=m.lambda_softmax, agg=m.agg, lambda_lse=m.lambda_lse
+    )
     from scan.models.registry import TEXT_ENCODERS
 
     if m.text_encoder not in TEXT_ENCODERS:
@@ -258,7 +264,9 @@ def find_config(name: str | Path) -> Path:
     stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
     if stem in packaged:
         return packaged[stem]
-    raise ConfigError(f"{name}: config file not found, and no packaged recipe of that name; recipes: {sorted(packaged)}")
+    raise ConfigError(
+        f"{name}: config file not found, and no packaged recipe of that name; recipes: {sorted(packaged)}"
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -192,11 +192,15 @@ def evaluate_models(
         encoded = encode_split(
             trained.model, split, trained.tokenizer, device=device, precision=encoder_precision, batch_size=batch_size
         )
-        scores = score_split(trained.model, encoded, device=device, backend=backend, precision=scoring_precision)  # (N, M)
+        scores = score_split(
+            trained.model, encoded, device=device, backend=backend, precision=scoring_precision
+        )  # (N, M)
         caption_image = encoded.caption_image
         matrices.append(scores)
         for protocol in protocols:
-            results[_row(name, protocol, protocols)] = evaluate_scores(scores, protocol=protocol, caption_image=caption_image)
+            results[_row(name, protocol, protocols)] = evaluate_scores(
+                scores, protocol=protocol, caption_image=caption_image
+            )
     if ensemble and len(matrices) > 1:
         averaged = ensemble_scores(matrices)
         for protocol in protocols:
@@ -230,7 +234,9 @@ def features_for_models(data: Path, split: str, models: Sequence[TrainedModel], 
             "provenance; extract features for it yourself (scan extract) and pass that folder"
         )
     if any(s != settings[0] for s in settings):
-        raise ConfigError("the models were trained on features extracted with different settings; evaluate them separately")
+        raise ConfigError(
+            "the models were trained on features extracted with different settings; evaluate them separately"
+        )
     known = set(ExtractConfig.__dataclass_fields__)
     config = ExtractConfig(**{k: v for k, v in settings[0].items() if k in known})
     records = read_image_folder(data)
@@ -238,7 +244,9 @@ def features_for_models(data: Path, split: str, models: Sequence[TrainedModel], 
         for record in records:
             record.split = "test"
         split = "test"
-    key = hashlib.sha256(json.dumps([str(data.resolve()), split, settings[0]], sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([str(data.resolve()), split, settings[0]], sort_keys=True).encode()).hexdigest()[
+        :12
+    ]
     out = Path(cache or Path.home() / ".cache" / "scan" / "features") / f"{data.resolve().name}-{key}"
     print(f"featurising {data} ({split}) as the models were trained -> {out}")
     extract_dataset(data, out, config, splits=[split], records=records)
@@ -307,7 +315,9 @@ def check_vocabulary_file(vocab_path: str, captions: Sequence[str]) -> float:
     lines = [line for path in captions for line in read_lines(path, what="caption")]
     vocab = load_vocabulary(vocab_path)
     rate = vocab.unknown_rate(lines)
-    print(f"{Path(vocab_path).name}: {len(vocab)} words; {100 * rate:.2f}% of the tokens of {len(lines)} captions are unknown")
+    print(
+        f"{Path(vocab_path).name}: {len(vocab)} words; {100 * rate:.2f}% of the tokens of {len(lines)} captions are unknown"
+    )
     return rate
 
 
@@ -354,7 +364,9 @@ def extract_demo_features(data: Path, out: Path, *, mode: str, progress: bool) -
     return features
 
 
-def draw_attention_examples(model: TrainedModel, split: PrecompSplit, data: Path, out: Path, *, count: int) -> list[Path]:
+def draw_attention_examples(
+    model: TrainedModel, split: PrecompSplit, data: Path, out: Path, *, count: int
+) -> list[Path]:
     """For a few test captions, each word's attention over the regions of its own photo."""
     from scan.data.raw import read_image_folder
     from scan.viz.attention import draw_word_attention
@@ -377,7 +389,12 @@ def draw_attention_examples(model: TrainedModel, split: PrecompSplit, data: Path
         filename = split.image_ids[image]
         path = out / f"attention_{image:03d}_{Path(filename).stem}.png"
         draw_word_attention(
-            records[filename].path, split.image_boxes(image), model.tokenizer.tokens(ids), weights, path, caption=caption
+            records[filename].path,
+            split.image_boxes(image),
+            model.tokenizer.tokens(ids),
+            weights,
+            path,
+            caption=caption,
         )
         written.append(path)
     return written
@@ -404,7 +421,9 @@ def run_demo(options: DemoOptions) -> dict[str, dict[str, Any]]:
     print("[2/4] training the baseline, SCAN t2i and SCAN i2t")
     # Non-default choices get their own model folders and report files, so runs sit side by side.
     suffix = "".join(
-        f"-{choice}" for choice, default in ((options.mode, "bottomup"), (options.text_encoder, "gru")) if choice != default
+        f"-{choice}"
+        for choice, default in ((options.mode, "bottomup"), (options.text_encoder, "gru"))
+        if choice != default
     )
     runs = {
         name: train_or_resume(
@@ -441,7 +460,9 @@ def run_demo(options: DemoOptions) -> dict[str, dict[str, Any]]:
     )
     write_text_atomic(out / f"results{suffix}.md", header + format_markdown_table(results) + "\n")
     write_json(results, out / f"results{suffix}.json")
-    plot_training_curves({name: run_dir / "metrics.jsonl" for name, run_dir in runs.items()}, out / f"training_curves{suffix}.png")
+    plot_training_curves(
+        {name: run_dir / "metrics.jsonl" for name, run_dir in runs.items()}, out / f"training_curves{suffix}.png"
+    )
     pictures = draw_attention_examples(
         models["SCAN t2i AVG"], test, data, out / f"attention{suffix}", count=options.attention_examples
     )
@@ -451,7 +472,9 @@ def run_demo(options: DemoOptions) -> dict[str, dict[str, Any]]:
         f"\nreport: {out}/results{suffix}.md, results{suffix}.json, training_curves{suffix}.png, "
         f"{len(pictures)} attention pictures in {out}/attention{suffix}"
     )
-    print(f"models: {out}/models/*  (score them on other photos with: scan eval --model {out}/models/scan_t2i --data FOLDER)")
+    print(
+        f"models: {out}/models/*  (score them on other photos with: scan eval --model {out}/models/scan_t2i --data FOLDER)"
+    )
     print(f"total time {time.time() - started:.0f} s")
     return results
 

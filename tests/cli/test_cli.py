@@ -37,14 +37,40 @@ def test_help_lists_every_command(capsys):
 def test_train_then_eval_with_ensemble(data_dir, tmp_path, capsys):
     for direction in ("t2i", "i2t"):
         code = main(
-            ["train", "--config", CONFIG, "--data", str(data_dir), "--run-dir", str(tmp_path / direction),
-             "train.max_steps=12", "train.progress=false", f"model.direction={direction}"]
+            [
+                "train",
+                "--config",
+                CONFIG,
+                "--data",
+                str(data_dir),
+                "--run-dir",
+                str(tmp_path / direction),
+                "train.max_steps=12",
+                "train.progress=false",
+                f"model.direction={direction}",
+            ]
         )
         assert code == 0
     results = tmp_path / "results.json"
     code = main(
-        ["eval", "--model", str(tmp_path / "t2i"), "--model", str(tmp_path / "i2t"), "--ensemble",
-         "--data", str(data_dir), "--split", "test", "--protocol", "all", "--protocol", "coco1k", "--json", str(results)]
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "t2i"),
+            "--model",
+            str(tmp_path / "i2t"),
+            "--ensemble",
+            "--data",
+            str(data_dir),
+            "--split",
+            "test",
+            "--protocol",
+            "all",
+            "--protocol",
+            "coco1k",
+            "--json",
+            str(results),
+        ]
     )
     assert code == 0
     table = capsys.readouterr().out
@@ -55,7 +81,9 @@ def test_train_then_eval_with_ensemble(data_dir, tmp_path, capsys):
 
 
 def test_bad_input_is_one_clear_line(data_dir, tmp_path, capsys):
-    assert main(["train", "--config", CONFIG, "--data", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "r")]) == 2
+    assert (
+        main(["train", "--config", CONFIG, "--data", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "r")]) == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("scan: error:") and "train_ims.npy" in err and "Traceback" not in err
     assert main(["train", "--config", CONFIG, "model.lambda_softmax=high"]) == 2

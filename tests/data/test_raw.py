@@ -116,14 +116,15 @@ def test_csv_bad_row_and_empty_caption_name_line(tmp_path):
 
 
 def test_csv_caption_count(tmp_path):
-    root = _write_csv(tmp_path, "image,caption\n" + _csv_rows("a.jpg", CAPS) + _csv_rows("b.jpg", CAPS[:4]),
-                      ["a.jpg", "b.jpg"])
+    root = _write_csv(
+        tmp_path, "image,caption\n" + _csv_rows("a.jpg", CAPS) + _csv_rows("b.jpg", CAPS[:4]), ["a.jpg", "b.jpg"]
+    )
     with pytest.raises(DataError, match=r"captions\.txt:7: image 'b.jpg' has 4 caption\(s\), needs 5"):
         read_kaggle_captions(root)
     with pytest.warns(UserWarning, match=r"1 image\(s\) have more than 4 captions; keeping the first 4"):
         assert len(read_kaggle_captions(root, captions_per_image=4)[0].captions) == 4  # extras truncated
     assert [len(r.captions) for r in read_kaggle_captions(root, captions_per_image=None)] == [5, 4]
-    root6 = _write_csv(tmp_path / "six", "image,caption\n" + _csv_rows("a.jpg", CAPS + ["Sixth ."]), ["a.jpg"])
+    root6 = _write_csv(tmp_path / "six", "image,caption\n" + _csv_rows("a.jpg", [*CAPS, "Sixth ."]), ["a.jpg"])
     with pytest.warns(UserWarning, match=r"more than 5 captions; keeping the first 5 of each: 'a.jpg' \(6\)"):
         records = read_kaggle_captions(root6)
     assert records[0].captions == CAPS
@@ -135,8 +136,7 @@ def test_csv_caption_count(tmp_path):
 def test_json_reads_splits_and_coco_filepath(tmp_path):
     _touch_images(tmp_path / "images", ["a.jpg", "b.jpg"])
     _touch_images(tmp_path / "images" / "val2014", ["c.jpg"])
-    data = _karpathy([_entry("a.jpg", "train"), _entry("b.jpg", "restval"),
-                      _entry("c.jpg", "val", filepath="val2014")])
+    data = _karpathy([_entry("a.jpg", "train"), _entry("b.jpg", "restval"), _entry("c.jpg", "val", filepath="val2014")])
     (tmp_path / "dataset_coco.json").write_text(json.dumps(data))
     records = read_image_folder(tmp_path)  # the JSON is found in the folder
     assert [r.split for r in records] == ["train", "restval", "val"]
@@ -215,8 +215,13 @@ def test_real_csv_copy_without_json(tmp_path):
 def test_csv_unbalanced_quote_names_the_line_it_opened(tmp_path):
     # Row 3 opens a quote it never closes: the csv module would read the rest of the file into that
     # one caption (dropping b.jpg and c.jpg without a word).
-    text = ("image,caption\n" + _csv_rows("a.jpg", CAPS[:1]) + 'a.jpg,"A dog runs\n'
-            + _csv_rows("b.jpg", CAPS) + _csv_rows("c.jpg", CAPS))
+    text = (
+        "image,caption\n"
+        + _csv_rows("a.jpg", CAPS[:1])
+        + 'a.jpg,"A dog runs\n'
+        + _csv_rows("b.jpg", CAPS)
+        + _csv_rows("c.jpg", CAPS)
+    )
     root = _write_csv(tmp_path, text, ["a.jpg", "b.jpg", "c.jpg"])
     with pytest.raises(DataError, match=r"captions\.txt:3: unbalanced quote") as caught:
         read_kaggle_captions(root, captions_per_image=None)
@@ -236,8 +241,11 @@ def test_json_unknown_split_names_field(tmp_path):
     _touch_images(tmp_path / "images", ["a.jpg", "b.jpg"])
     path = tmp_path / "dataset_x.json"
     path.write_text(json.dumps(_karpathy([_entry("a.jpg", "train"), _entry("b.jpg", "validation")])))
-    with pytest.raises(DataError, match=r"dataset_x\.json: field 'images\[1\]\.split': unknown split "
-                                        r"'validation'.*train, val, test, restval"):
+    with pytest.raises(
+        DataError,
+        match=r"dataset_x\.json: field 'images\[1\]\.split': unknown split "
+        r"'validation'.*train, val, test, restval",
+    ):
         read_karpathy_json(path)
 
 

@@ -14,11 +14,14 @@ from scan.data.tokenize import tokenize
 from scan.data.vocab import UNK_ID, load_vocabulary
 
 SIZES = {"num_train": 30, "num_dev": 6, "num_test": 8}
-FILES = sorted(
-    f"{split}_{suffix}"
-    for split in ("train", "dev", "test")
-    for suffix in ("ims.npy", "caps.txt", "boxes.npy", "ids.txt")
-) + ["vocab.json"]
+FILES = [
+    *sorted(
+        f"{split}_{suffix}"
+        for split in ("train", "dev", "test")
+        for suffix in ("ims.npy", "caps.txt", "boxes.npy", "ids.txt")
+    ),
+    "vocab.json",
+]
 
 
 def _objects_of(caption: str) -> set[str]:
@@ -29,7 +32,7 @@ def test_layout_loads_with_precomp_split(tmp_path: Path) -> None:
     write_synthetic_precomp(tmp_path, **SIZES, regions=5, feature_dim=12)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
     vocab = load_vocabulary(tmp_path / "vocab.json")
-    for split_name, size in zip(("train", "dev", "test"), SIZES.values()):
+    for split_name, size in zip(("train", "dev", "test"), SIZES.values(), strict=False):
         split = PrecompSplit.open(tmp_path, split_name)
         assert (split.num_images, split.num_captions) == (size, 5 * size)
         assert (split.num_regions, split.feature_dim) == (5, 12)

@@ -15,9 +15,21 @@ from scan.evaluate.encode import check_split_fits_model, encode_split
 from scan.evaluate.protocols import evaluate_scores
 from scan.models.loading import load_model
 
-SETTINGS = {"mode": "grid", "num_regions": 36, "image_size": 448, "max_size": 768, "output_stride": 16, "roi_samples": 14,
-            "detector_threshold": 0.01, "max_detections": 100, "iou_threshold": 0.5, "min_score": 0.01, "min_box_size": 4.0,
-            "dtype": "float32", "captions_per_image": 5}
+SETTINGS = {
+    "mode": "grid",
+    "num_regions": 36,
+    "image_size": 448,
+    "max_size": 768,
+    "output_stride": 16,
+    "roi_samples": 14,
+    "detector_threshold": 0.01,
+    "max_detections": 100,
+    "iou_threshold": 0.5,
+    "min_score": 0.01,
+    "min_box_size": 4.0,
+    "dtype": "float32",
+    "captions_per_image": 5,
+}
 
 
 def copy_split(source: Path, target: Path, split: str = "test") -> Path:

@@ -100,12 +100,8 @@ def test_chunking_does_not_change_ranks(chunk_size: int) -> None:
     rng = np.random.default_rng(1)
     scores = rng.integers(0, 3, size=(20, 100)).astype(float)
     ci = random_caption_image(rng, 20, 100)
-    np.testing.assert_array_equal(
-        i2t_ranks(scores, ci, chunk_size=chunk_size), ref_i2t_ranks(scores, ci)
-    )
-    np.testing.assert_array_equal(
-        t2i_ranks(scores, ci, chunk_size=chunk_size), ref_t2i_ranks(scores, ci)
-    )
+    np.testing.assert_array_equal(i2t_ranks(scores, ci, chunk_size=chunk_size), ref_i2t_ranks(scores, ci))
+    np.testing.assert_array_equal(t2i_ranks(scores, ci, chunk_size=chunk_size), ref_t2i_ranks(scores, ci))
 
 
 def test_torch_and_float32_inputs_match_numpy() -> None:

@@ -34,9 +34,7 @@ M = N * PER_IMAGE
 CI = default_caption_image(N, M)
 
 
-def block_diagonal_scores(
-    correct_per_fold: list[int], *, off_block: float, seed: int = 0
-) -> np.ndarray:
+def block_diagonal_scores(correct_per_fold: list[int], *, off_block: float, seed: int = 0) -> np.ndarray:
     """Within each fold: noise in [0.1, 1); the first ``k_f`` images of fold ``f`` score 2 with
     their own captions (rank 1 both ways), the others score 0 (worst rank within the fold).
     Every entry outside the diagonal blocks is ``off_block``."""
@@ -48,7 +46,7 @@ def block_diagonal_scores(
         scores[rows, cols] = rng.uniform(0.1, 1.0, size=(FOLD_IMAGES, FOLD_IMAGES * PER_IMAGE))
         for local in range(FOLD_IMAGES):
             i = f * FOLD_IMAGES + local
-            scores[i, CI == i] = 2.0 if local < k else 0.0
+            scores[i, i == CI] = 2.0 if local < k else 0.0
     return scores
 
 
@@ -200,9 +198,7 @@ def test_ensemble_is_elementwise_mean() -> None:
     rng = np.random.default_rng(3)
     a, b, c = (rng.normal(size=(4, 20)) for _ in range(3))
     np.testing.assert_allclose(ensemble_scores([a, b, c]), (a + b + c) / 3)
-    np.testing.assert_allclose(
-        ensemble_scores([a, torch.from_numpy(b).float()]), (a + b.astype(np.float32)) / 2
-    )
+    np.testing.assert_allclose(ensemble_scores([a, torch.from_numpy(b).float()]), (a + b.astype(np.float32)) / 2)
     np.testing.assert_array_equal(ensemble_scores([a]), a)
 
 
@@ -250,9 +246,7 @@ def test_format_markdown_table() -> None:
     assert lines[0].startswith("| model | i2t R@1 | i2t R@5 | i2t R@10 | i2t medr | t2i R@1")
     assert lines[1].count("---") == 10
     assert len(lines) == 2 + 3
-    assert lines[2] == (
-        "| t2i AVG | 61.8 | 87.5 | 93.7 | 1.0 | 45.8 | 74.4 | 83.0 | 2.0 | 446.2 |"
-    )
+    assert lines[2] == ("| t2i AVG | 61.8 | 87.5 | 93.7 | 1.0 | 45.8 | 74.4 | 83.0 | 2.0 | 446.2 |")
     assert lines[4].startswith("| a\\|b | - |") and lines[4].endswith("| 1.2 |")
     assert all(line.count("|") - line.count("\\|") == 11 for line in lines)
 

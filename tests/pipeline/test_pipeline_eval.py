@@ -20,7 +20,9 @@ def test_scoring_precision_reaches_the_scorer(synthetic_data, tiny_run, monkeypa
 
     monkeypatch.setattr(pipeline, "score_split", spy)
     pipeline.evaluate(
-        pipeline.EvalOptions(models=[str(tiny_run)], data=str(synthetic_data), scoring_precision=precision, device="cpu")
+        pipeline.EvalOptions(
+            models=[str(tiny_run)], data=str(synthetic_data), scoring_precision=precision, device="cpu"
+        )
     )
     assert seen == [precision]
 

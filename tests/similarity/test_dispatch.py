@@ -11,8 +11,8 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-
 from reference_scan import reference_scores
+
 from scan.errors import BackendError, ConfigError
 from scan.similarity import dispatch
 from scan.similarity import triton as triton_path
@@ -86,7 +86,9 @@ def _without_triton(monkeypatch, table, name):
     monkeypatch.setitem(table, name, dataclasses.replace(table[name], backends=frozenset({"torch"})))
 
 
-@pytest.mark.parametrize("table,name,what", [(POOLINGS, "Sum", "pooling 'Sum'"), (NORMS, "softmax", "raw_feature_norm 'softmax'")])
+@pytest.mark.parametrize(
+    "table,name,what", [(POOLINGS, "Sum", "pooling 'Sum'"), (NORMS, "softmax", "raw_feature_norm 'softmax'")]
+)
 def test_forced_triton_refuses_options_it_does_not_implement(monkeypatch, table, name, what):
     _without_triton(monkeypatch, table, name)
     images, captions, lengths, mask = random_inputs(0)
@@ -117,18 +119,16 @@ def test_auto_picks_torch_for_options_triton_does_not_implement(monkeypatch):
     assert dispatch.resolve_backend("auto", "cuda", options("t2i", agg="Mean")) == "triton"
     assert dispatch.resolve_backend("auto", "cuda") == "triton"  # no options: availability only
     # End to end on the CPU (where auto is torch anyway), the scores are the reference's.
-    images, captions, lengths, mask = random_inputs(3)
+    images, captions, lengths, _mask = random_inputs(3)
     opts = options("i2t", agg="Sum")
     ref = reference(images, captions, lengths, opts)
     assert rel_err(dispatch.score_matrix(images.float(), captions.float(), lengths, opts), ref) < 1e-4
 
 
-@pytest.mark.parametrize(
-    "direction,norm,agg", list(itertools.product(("t2i", "i2t"), RAW_FEATURE_NORMS, POOLINGS))
-)
+@pytest.mark.parametrize("direction,norm,agg", list(itertools.product(("t2i", "i2t"), RAW_FEATURE_NORMS, POOLINGS)))
 def test_score_matrix_float32_matches_reference(direction, norm, agg):
     seed = 1000 + RAW_FEATURE_NORMS.index(norm) * 8 + list(POOLINGS).index(agg) * 2 + (direction == "i2t")
-    images, captions, lengths, mask = random_inputs(seed)
+    images, captions, lengths, _mask = random_inputs(seed)
     opts = options(direction, norm, agg)
     ref = reference(images, captions, lengths, opts)
     # A budget of a few pairs per block: blocks of 4 x 4 over a 5 x 7 gallery.
@@ -162,7 +162,7 @@ def test_batch_scores_forward_and_backward_match_reference(direction, precision,
 
 
 def test_score_matrix_bf16_on_the_torch_path():
-    images, captions, lengths, mask = random_inputs(5)
+    images, captions, lengths, _mask = random_inputs(5)
     opts = options("t2i")
     ref = reference(images, captions, lengths, opts)
     ours = dispatch.score_matrix(images.float(), captions.float(), lengths, opts, backend="torch", precision="bf16")

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-import original_port  # noqa: E402
-from reference_scan import reference_scores  # noqa: E402
-from scan.similarity.options import NORMS, POOLINGS  # noqa: E402
+from reference_scan import reference_scores
+
+import original_port
+from scan.similarity.options import NORMS, POOLINGS
 
 RAW_FEATURE_NORMS = tuple(NORMS)
 POOLING_NAMES = tuple(POOLINGS)
@@ -43,7 +44,9 @@ def inputs(seed: int, *, ragged: bool, n=5, m=7, r=6, w=6, d=16):
 def test_port_matches_reference(direction, norm, agg):
     for ragged in (False, True):
         images, captions, lengths = inputs(RAW_FEATURE_NORMS.index(norm) * 4 + POOLING_NAMES.index(agg), ragged=ragged)
-        opt = original_port.Options(raw_feature_norm=norm, lambda_softmax=LAMBDA[direction], agg_func=agg, lambda_lse=6.0)
+        opt = original_port.Options(
+            raw_feature_norm=norm, lambda_softmax=LAMBDA[direction], agg_func=agg, lambda_lse=6.0
+        )
         ours = original_port.shard_xattn(
             images.numpy(), captions.numpy(), lengths.tolist(), opt, direction=direction, shard_size=4
         )

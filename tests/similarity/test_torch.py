@@ -41,9 +41,7 @@ def reference(images, captions, lengths, opts: AttentionOptions):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "direction,norm,agg", list(itertools.product(("t2i", "i2t"), NORMS, POOLINGS))
-)
+@pytest.mark.parametrize("direction,norm,agg", list(itertools.product(("t2i", "i2t"), NORMS, POOLINGS)))
 def test_pairwise_matches_reference_forward_and_backward(direction, norm, agg):
     seed = zlib.crc32(f"{direction}-{norm}-{agg}".encode())  # stable across processes: a failure reproduces
     images, captions, lengths, mask = random_inputs(seed)
@@ -80,7 +78,7 @@ def test_score_matrix_tiles_match_single_block(direction):
 
 
 def test_attend_weights_are_a_distribution_over_real_context():
-    images, captions, lengths, mask = random_inputs(3, n=2, m=2)
+    images, captions, _lengths, mask = random_inputs(3, n=2, m=2)
     attended, weights = attend(images[:2], captions[:2], context_mask=mask[:2], norm="clipped_l2norm", smooth=4.0)
     assert attended.shape == (2, 5, 6) and weights.shape == (2, 5, 7)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 5, dtype=torch.float64))
@@ -120,7 +118,7 @@ def test_pairwise_scores_takes_the_options_object_only():
 @pytest.mark.parametrize("norm", NORMS)
 def test_zero_padded_captions_give_finite_gradients(direction, norm):
     """The text encoder pads with exact zeros; all-zero score slices must not poison gradients."""
-    images, captions, lengths, mask = random_inputs(11)
+    images, captions, _lengths, mask = random_inputs(11)
     captions = (captions * mask[..., None]).requires_grad_()
     opts = AttentionOptions(direction=direction, norm=norm, smooth=4.0, agg="LogSumExp", lambda_lse=6.0)
     scores = pairwise_scores(images, captions, mask, opts)

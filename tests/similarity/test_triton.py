@@ -22,11 +22,11 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
-from reference_scan import reference_scores  # noqa: E402
+from reference_scan import reference_scores
 
-from scan.similarity import dispatch  # noqa: E402
-from scan.similarity import triton as tri  # noqa: E402
-from scan.similarity.options import NORMS, POOLINGS, AttentionOptions  # noqa: E402
+from scan.similarity import dispatch
+from scan.similarity import triton as tri
+from scan.similarity.options import NORMS, POOLINGS, AttentionOptions
 
 pytestmark = pytest.mark.triton
 
@@ -78,9 +78,7 @@ def test_tables_name_exactly_the_kernel_codes():
     assert sorted(tri._POOL_CODES.values()) == list(range(len(tri._POOL_CODES)))
 
 
-@pytest.mark.parametrize(
-    "direction,norm,agg", list(itertools.product(("t2i", "i2t"), TRITON_NORMS, TRITON_POOLINGS))
-)
+@pytest.mark.parametrize("direction,norm,agg", list(itertools.product(("t2i", "i2t"), TRITON_NORMS, TRITON_POOLINGS)))
 def test_training_path_matches_reference_forward_and_backward(direction, norm, agg):
     """Every direction, and every norm and pooling the tables list for triton; ragged captions in
     one length bucket."""
@@ -138,7 +136,7 @@ def test_score_matrix_ragged_buckets_partial_tiles_and_chunks(direction, monkeyp
     monkeypatch.setitem(tri.TILE_CONFIGS, ("fwd", "fp32"), dict(columns=16, block_d=16, num_warps=4, num_stages=2))
     monkeypatch.setattr(tri, "GROUP_CAPTION_BLOCKS", 3)
     lengths = torch.tensor([8, 1, 2, 3, 4, 5, 7, 8, 6])
-    images, captions, lengths, mask = random_inputs(5, n=9, m=9, r=7, d=40, lengths=lengths)
+    images, captions, lengths, _mask = random_inputs(5, n=9, m=9, r=7, d=40, lengths=lengths)
     opts = options(direction, "clipped_l2norm", "LogSumExp")
     ref = reference(images, captions, lengths, opts)
     whole = tri.score_matrix(images.float(), captions.float(), lengths, opts, precision="fp32", device=DEVICE)
@@ -173,7 +171,7 @@ def test_rankings_agree_wherever_the_reference_margin_exceeds_the_error_bound():
     """On generic inputs: each caption's ranking of images and each image's ranking of captions
     orders every pair of candidates as the reference does whenever their reference scores differ
     by more than twice the path's error bound (so rounding cannot swap them)."""
-    images, captions, lengths, mask = random_inputs(21, n=9, m=9)
+    images, captions, lengths, _mask = random_inputs(21, n=9, m=9)
     for direction in ("t2i", "i2t"):
         opts = options(direction, "clipped_l2norm", "Mean")
         ref = reference(images, captions, lengths, opts)  # (N, M)
@@ -202,11 +200,19 @@ def planted_margin_inputs(n=6, m=6, r=6, w=8, d=32, seed=0):
     z_i = F.normalize(torch.randn(n, 1, half - 1, generator=g, dtype=torch.float64), dim=-1).expand(n, r, -1)
     z_c = F.normalize(torch.randn(m, 1, d - half, generator=g, dtype=torch.float64), dim=-1).expand(m, w, -1)
     images = torch.cat(
-        [level_i[:, None, None].expand(n, r, 1), (1 - level_i**2).sqrt()[:, None, None] * z_i, torch.zeros(n, r, d - half, dtype=torch.float64)],
+        [
+            level_i[:, None, None].expand(n, r, 1),
+            (1 - level_i**2).sqrt()[:, None, None] * z_i,
+            torch.zeros(n, r, d - half, dtype=torch.float64),
+        ],
         dim=-1,
     )  # (N, R, D)
     captions = torch.cat(
-        [level_c[:, None, None].expand(m, w, 1), torch.zeros(m, w, half - 1, dtype=torch.float64), (1 - level_c**2).sqrt()[:, None, None] * z_c],
+        [
+            level_c[:, None, None].expand(m, w, 1),
+            torch.zeros(m, w, half - 1, dtype=torch.float64),
+            (1 - level_c**2).sqrt()[:, None, None] * z_c,
+        ],
         dim=-1,
     )  # (M, W, D)
     images = F.normalize(images + 0.01 * torch.randn(images.shape, generator=g, dtype=torch.float64), dim=-1)
@@ -237,6 +243,11 @@ def test_dispatch_forces_triton_and_matches_torch():
     vectorised = dispatch.score_matrix(images.float(), captions.float(), lengths, opts, backend="torch")
     assert rel_err(fused, vectorised.double()) < 1e-4
     batch = dispatch.batch_scores(
-        images.float().to(DEVICE), captions.float().to(DEVICE), mask.to(DEVICE), opts, backend="triton", precision="fp32"
+        images.float().to(DEVICE),
+        captions.float().to(DEVICE),
+        mask.to(DEVICE),
+        opts,
+        backend="triton",
+        precision="fp32",
     )
     assert rel_err(batch, vectorised.double()) < 1e-4

@@ -29,8 +29,14 @@ def _load_script():
 def test_one_kill_then_resume_gives_identical_weights(tmp_path):
     kill_resume = _load_script()
     job = kill_resume.TrainJob(
-        tmp_path, config=kill_resume.synthetic_config(tmp_path), num_train=40, num_dev=10, epochs=1,
-        batch_size=16, checkpoint_every=3, data_seed=0,
+        tmp_path,
+        config=kill_resume.synthetic_config(tmp_path),
+        num_train=40,
+        num_dev=10,
+        epochs=1,
+        batch_size=16,
+        checkpoint_every=3,
+        data_seed=0,
     )
     ref = kill_resume.reference_run(job, tmp_path)
     assert (ref.folder / "checkpoints" / "latest" / "model.safetensors").exists()

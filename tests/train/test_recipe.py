@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from scan import checkpoint as ckpt
 from scan.config import ConfigError, load_config
 from scan.data.precomp import PrecompSplit
 from scan.data.synthetic import write_synthetic_precomp
 from scan.evaluate.encode import encode_split, score_split
 from scan.evaluate.metrics import retrieval_metrics
 from scan.models.loading import load_model
-from scan import checkpoint as ckpt
 from scan.train import recipe
 
 CONFIG = Path(__file__).parents[2] / "configs" / "synthetic.yaml"
@@ -66,7 +66,12 @@ class Interrupt(Exception):
 
 @pytest.mark.parametrize("direction", ["i2t"])
 def test_interrupted_run_resumes_to_the_same_model(data_dir, tmp_path, direction):
-    extra = ("train.epochs=2", f"model.direction={direction}", "model.lambda_softmax=4.0", "train.checkpoint_every_steps=10")
+    extra = (
+        "train.epochs=2",
+        f"model.direction={direction}",
+        "model.lambda_softmax=4.0",
+        "train.checkpoint_every_steps=10",
+    )
     # The uninterrupted run.
     straight = recipe.setup(make_config(data_dir, tmp_path / "straight", *extra))
     recipe.train(straight)
@@ -89,10 +94,14 @@ def test_interrupted_run_resumes_to_the_same_model(data_dir, tmp_path, direction
     assert resumed.step == 30 and resumed.batch_in_epoch == 30
     summary = recipe.train(resumed)
     assert summary["steps"] == straight.step == 2 * 47
-    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=False):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     # The metrics log has no duplicated steps from the lost part of the run.
-    steps = [json.loads(l)["step"] for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+        if "loss" in line
+    ]
     assert steps == sorted(set(steps))
     assert load_model(tmp_path / "killed").model is not None
 

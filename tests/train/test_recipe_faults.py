@@ -21,7 +21,9 @@ SHORT = ("train.epochs=2", "train.checkpoint_every_steps=0", "model.embed_dim=32
 
 
 def make_config(data: Path, run_dir: str | Path, *extra: str):
-    return load_config("synthetic", [f"data.path={data}", f"train.run_dir={run_dir}", "train.progress=false", *SHORT, *extra])
+    return load_config(
+        "synthetic", [f"data.path={data}", f"train.run_dir={run_dir}", "train.progress=false", *SHORT, *extra]
+    )
 
 
 def validations(run_dir: Path) -> list[int]:
@@ -59,7 +61,11 @@ def test_an_interrupted_validation_is_redone_on_resume(synthetic_data, tmp_path,
 
     resumed = recipe.setup(make_config(synthetic_data, tmp_path / "stopped"), resume=True)
     recipe.train(resumed)
-    assert validations(tmp_path / "stopped") == validations(tmp_path / "straight") == [first_epoch_end, 2 * first_epoch_end]
+    assert (
+        validations(tmp_path / "stopped")
+        == validations(tmp_path / "straight")
+        == [first_epoch_end, 2 * first_epoch_end]
+    )
     assert resumed.best_step == straight.best_step and resumed.best_rsum == pytest.approx(straight.best_rsum)
     best = (tmp_path / "stopped" / "checkpoints" / "best").resolve().name
     assert best == (tmp_path / "straight" / "checkpoints" / "best").resolve().name
@@ -122,7 +128,9 @@ def test_a_torn_metrics_line_from_a_hard_kill_is_dropped_on_resume(synthetic_dat
     recipe.train(run)
     log = tmp_path / "run" / "metrics.jsonl"
     log.write_text(log.read_text() + '{"step": 5, "loss": 0.')  # SIGKILL in the middle of a write
-    resumed = recipe.setup(make_config(synthetic_data, tmp_path / "run", "train.max_steps=4", "train.log_every_steps=1"), resume=True)
+    resumed = recipe.setup(
+        make_config(synthetic_data, tmp_path / "run", "train.max_steps=4", "train.log_every_steps=1"), resume=True
+    )
     assert [r["step"] for r in resumed.history if "loss" in r] == [1, 2, 3, 4]
     assert all(json.loads(line) for line in log.read_text().splitlines())
 
@@ -130,7 +138,9 @@ def test_a_torn_metrics_line_from_a_hard_kill_is_dropped_on_resume(synthetic_dat
 def test_a_fresh_start_after_a_run_died_before_its_first_checkpoint_keeps_no_stale_log(synthetic_data, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "metrics.jsonl").write_text('{"step": 10, "loss": 1.0}\n')  # logged, then killed before step 20's checkpoint
+    (run_dir / "metrics.jsonl").write_text(
+        '{"step": 10, "loss": 1.0}\n'
+    )  # logged, then killed before step 20's checkpoint
     run = recipe.setup(make_config(synthetic_data, run_dir, "train.max_steps=2", "train.log_every_steps=1"))
     recipe.train(run)
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 2]
@@ -148,8 +158,14 @@ def test_resume_mid_epoch_keeps_the_random_stream_of_dropout(tmp_path):
 
     data = tmp_path / "data"
     write_synthetic_precomp(data, num_train=12, num_dev=4, num_test=4, seed=1)
-    extra = ("model.text_encoder=minilm", "model.freeze_text=false", "data.batch_size=8", "train.epochs=1",
-             "train.checkpoint_every_steps=2", "data.val_split=")
+    extra = (
+        "model.text_encoder=minilm",
+        "model.freeze_text=false",
+        "data.batch_size=8",
+        "train.epochs=1",
+        "train.checkpoint_every_steps=2",
+        "data.val_split=",
+    )
     straight = recipe.setup(make_config(data, tmp_path / "straight", *extra))
     recipe.train(straight)
 

@@ -66,7 +66,7 @@ def heatmap_loop(size, boxes, weights, *, edge=0.0):
     heat = np.zeros((height, width))
     for i in range(height):
         for j in range(width):
-            for (x1, y1, x2, y2), w in zip(boxes, weights):
+            for (x1, y1, x2, y2), w in zip(boxes, weights, strict=False):
                 heat[i, j] += w * _ramp(j + 0.5, x1, x2, edge) * _ramp(i + 0.5, y1, y2, edge)
     return heat / heat.max() if heat.max() > 0 else heat
 
@@ -159,7 +159,7 @@ def test_panels_brightest_inside_the_most_attended_box_on_grey():
     image = np.full((120, 160, 3), 200, dtype=np.uint8)
     boxes = np.array([[10, 10, 50, 60], [90, 20, 150, 70], [40, 80, 120, 115]], dtype=np.float32)
     panels = word_panels(image, boxes, _one_hot_ish([2, 0, 1], 3), edge=0)
-    for panel, r in zip(panels, [2, 0, 1]):
+    for panel, r in zip(panels, [2, 0, 1], strict=False):
         x1, y1, x2, y2 = boxes[r].astype(int)
         luminance = panel.astype(float).mean(axis=2)
         i, j = np.unravel_index(np.argmax(luminance), luminance.shape)
@@ -178,8 +178,10 @@ def test_panels_follow_the_attention_on_a_real_photo(photo):
     lit = image.astype(float).sum(axis=2) > 30  # gains are measurable where the photo is not black
     for a in range(4):
         for b in range(a + 1, 4):
-            assert np.abs(panels[a].astype(int) - panels[b].astype(int)).mean() > 5  # different attention, different panel
-    for panel, r in zip(panels[:3], range(3)):
+            assert (
+                np.abs(panels[a].astype(int) - panels[b].astype(int)).mean() > 5
+            )  # different attention, different panel
+    for panel, r in zip(panels[:3], range(3), strict=False):
         gain = np.where(lit, panel.astype(float).sum(axis=2) / np.maximum(image.astype(float).sum(axis=2), 1), 0)
         x1, y1, x2, y2 = (int(v) for v in boxes[r])
         inside = np.zeros(gain.shape, dtype=bool)
@@ -227,8 +229,16 @@ def test_draw_word_attention_writes_a_sensible_png(photo, tmp_path, monkeypatch)
         return panels
 
     monkeypatch.setattr(viz_attention, "word_panels", recording)
-    out = draw_word_attention(photo, [MAN, DOG, WATER], words, weights, tmp_path / "figs" / "words.png",
-                              caption="A man and his dog .", score=0.61, top_boxes=1)
+    out = draw_word_attention(
+        photo,
+        [MAN, DOG, WATER],
+        words,
+        weights,
+        tmp_path / "figs" / "words.png",
+        caption="A man and his dog .",
+        score=0.61,
+        top_boxes=1,
+    )
     np.testing.assert_array_equal(seen[0], weights[1:6])  # the special tokens' rows were skipped
     assert len(seen[1]) == 5 and not np.array_equal(seen[1][1], seen[1][4])  # "man" and "dog" differ
 
@@ -283,8 +293,16 @@ def test_load_photo_applies_exif_rotation(tmp_path):
 def test_draw_region_attention(photo, tmp_path):
     words = ["<start>", "a", "man", "and", "his", "dog", "<end>"]
     weights = _one_hot_ish([2, 5, 1], 7, peak=0.6)  # (R=3, W=7): regions attend man, dog, a
-    out = draw_region_attention(photo, [MAN, DOG, WATER], words, weights, tmp_path / "regions.png",
-                                regions=2, top=3, caption="A man and his dog .")
+    out = draw_region_attention(
+        photo,
+        [MAN, DOG, WATER],
+        words,
+        weights,
+        tmp_path / "regions.png",
+        regions=2,
+        top=3,
+        caption="A man and his dog .",
+    )
     with Image.open(out) as im:
         width, height = im.size
         assert im.format == "PNG" and 900 <= width <= 2200 and 400 <= height <= 1600
@@ -299,12 +317,27 @@ def _write_metrics(path: Path, *, steps: int, validate: bool, seed: int = 0, cut
     rng = np.random.default_rng(seed)
     lines = []
     for step in range(10, steps + 1, 10):
-        lines.append({"step": step, "epoch": step // 100, "lr": 2e-4, "time": step * 0.1,
-                      "loss": float(40 * np.exp(-step / 300) + rng.normal(0, 1.5) + 5)})
+        lines.append(
+            {
+                "step": step,
+                "epoch": step // 100,
+                "lr": 2e-4,
+                "time": step * 0.1,
+                "loss": float(40 * np.exp(-step / 300) + rng.normal(0, 1.5) + 5),
+            }
+        )
         if validate and step % 100 == 0:
             rsum = 300 * (1 - np.exp(-step / 400))
-            lines.append({"step": step, "epoch": step // 100, "split": "dev", "rsum": rsum,
-                          "i2t_r1": rsum / 8, "t2i_r1": rsum / 10})
+            lines.append(
+                {
+                    "step": step,
+                    "epoch": step // 100,
+                    "split": "dev",
+                    "rsum": rsum,
+                    "i2t_r1": rsum / 8,
+                    "t2i_r1": rsum / 10,
+                }
+            )
     text = "".join(json.dumps(line) + "\n" for line in lines)
     if cut_short:
         text += '{"step": 99999, "lo'  # a crash mid-write
@@ -329,7 +362,9 @@ def test_moving_average_matches_loop():
     values = np.random.default_rng(3).normal(size=23)
     for window in (1, 4, 5, 50):
         half = window // 2
-        expected = [values[max(i - half, 0) : i + half + 1].mean() for i in range(len(values))] if window > 1 else values
+        expected = (
+            [values[max(i - half, 0) : i + half + 1].mean() for i in range(len(values))] if window > 1 else values
+        )
         np.testing.assert_allclose(moving_average(values, window), expected)
 
 

@@ -35,10 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", default=DEFAULT_DATA, help=f"photos + captions.txt or dataset_*.json (default {DEFAULT_DATA})")
+    parser.add_argument(
+        "--data", default=DEFAULT_DATA, help=f"photos + captions.txt or dataset_*.json (default {DEFAULT_DATA})"
+    )
     parser.add_argument("--out", default="reports/flickr8k-demo", help="report folder (default reports/flickr8k-demo)")
-    parser.add_argument("--config", default=DEMO_CONFIG, help=f"training recipe of the three models: a packaged name or a YAML file (default {DEMO_CONFIG})")
-    parser.add_argument("--mode", choices=("bottomup", "grid"), default="bottomup", help="region boxes: detector or grid")
+    parser.add_argument(
+        "--config",
+        default=DEMO_CONFIG,
+        help=f"training recipe of the three models: a packaged name or a YAML file (default {DEMO_CONFIG})",
+    )
+    parser.add_argument(
+        "--mode", choices=("bottomup", "grid"), default="bottomup", help="region boxes: detector or grid"
+    )
     parser.add_argument(
         "--text-encoder",
         choices=tuple(DEMO_TEXT_ENCODERS),
@@ -48,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--attention-examples", type=int, default=4, help="test captions to draw attention for")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="recipe overrides, e.g. train.epochs=5")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.field=value", help="recipe overrides, e.g. train.epochs=5"
+    )
     return parser
 
 

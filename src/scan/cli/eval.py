@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", action="append", required=True, help="run directory or checkpoint folder (repeatable)")
+    parser.add_argument(
+        "--model", action="append", required=True, help="run directory or checkpoint folder (repeatable)"
+    )
     parser.add_argument("--name", action="append", help="a display name per --model (default: the folder name)")
     parser.add_argument(
         "--data",
@@ -34,12 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of the precomputed layout, or of photos (captions.txt or dataset_*.json): "
         "photos are featurised as the models' training features were, and cached",
     )
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test); 'all' takes every photo of a folder")
-    parser.add_argument("--features-cache", default="", help="where features of a photo folder go (default: ~/.cache/scan/features)")
+    parser.add_argument(
+        "--split", default="test", help="split to evaluate (default: test); 'all' takes every photo of a folder"
+    )
+    parser.add_argument(
+        "--features-cache", default="", help="where features of a photo folder go (default: ~/.cache/scan/features)"
+    )
     parser.add_argument("--protocol", action="append", choices=PROTOCOLS, help="repeatable (default: all)")
     parser.add_argument("--ensemble", action="store_true", help="also evaluate the average of the models' scores")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="scoring path (auto: the fastest here)")
+    parser.add_argument(
+        "--backend", default="auto", choices=("auto", "torch", "triton"), help="scoring path (auto: the fastest here)"
+    )
     parser.add_argument(
         "--scoring-precision",
         default="auto",

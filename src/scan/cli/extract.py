@@ -43,31 +43,71 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, metavar="FOLDER_OR_JSON",
-                   help="folder with images + dataset_*.json or captions.txt, or the JSON / CSV file itself")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="FOLDER_OR_JSON",
+        help="folder with images + dataset_*.json or captions.txt, or the JSON / CSV file itself",
+    )
     p.add_argument("--out", required=True, metavar="FOLDER", help="output folder (created if missing)")
-    p.add_argument("--mode", choices=("bottomup", "grid"), default=d.mode,
-                   help="bottomup: detector boxes, NMS, filled from grids to R; grid: a sqrt(R) x sqrt(R) "
-                   "grid of cells (default: %(default)s)")
-    p.add_argument("--splits", nargs="+", metavar="SPLIT", default=None,
-                   help="output splits among train, dev, test, testall, restval (default: those of train, "
-                   "dev, test that have images)")
-    p.add_argument("--dtype", choices=("float32", "float16"), default=d.dtype,
-                   help="stored feature dtype; float16 halves the disk (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
-                   help="images per checkpoint: an interrupted run resumes from the last one (default: %(default)s)")
-    p.add_argument("--num-regions", type=int, default=d.num_regions, metavar="R",
-                   help="regions per image (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=d.image_size, metavar="PX",
-                   help="shorter side of the backbone input in pixels (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=d.workers, metavar="N",
-                   help="images processed at once, one CPU thread each; 0: one per CPU (default: %(default)s)")
-    p.add_argument("--strict", action="store_true",
-                   help="fail (listing all of them) on unreadable images instead of skipping them")
-    p.add_argument("--dev", type=float, default=None, metavar="N",
-                   help="captions.txt layout only: dev images, a count or a fraction < 1 (default: min(1000, N/8))")
-    p.add_argument("--test", type=float, default=None, metavar="N",
-                   help="captions.txt layout only: test images, like --dev")
+    p.add_argument(
+        "--mode",
+        choices=("bottomup", "grid"),
+        default=d.mode,
+        help="bottomup: detector boxes, NMS, filled from grids to R; grid: a sqrt(R) x sqrt(R) "
+        "grid of cells (default: %(default)s)",
+    )
+    p.add_argument(
+        "--splits",
+        nargs="+",
+        metavar="SPLIT",
+        default=None,
+        help="output splits among train, dev, test, testall, restval (default: those of train, "
+        "dev, test that have images)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default=d.dtype,
+        help="stored feature dtype; float16 halves the disk (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        metavar="N",
+        help="images per checkpoint: an interrupted run resumes from the last one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--num-regions", type=int, default=d.num_regions, metavar="R", help="regions per image (default: %(default)s)"
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        metavar="PX",
+        help="shorter side of the backbone input in pixels (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        metavar="N",
+        help="images processed at once, one CPU thread each; 0: one per CPU (default: %(default)s)",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="fail (listing all of them) on unreadable images instead of skipping them"
+    )
+    p.add_argument(
+        "--dev",
+        type=float,
+        default=None,
+        metavar="N",
+        help="captions.txt layout only: dev images, a count or a fraction < 1 (default: min(1000, N/8))",
+    )
+    p.add_argument(
+        "--test", type=float, default=None, metavar="N", help="captions.txt layout only: test images, like --dev"
+    )
     p.add_argument("--seed", type=int, default=0, help="captions.txt layout only: seed of the split draw")
     p.add_argument("--quiet", action="store_true", help="no progress bars (failures are still reported)")
     return p

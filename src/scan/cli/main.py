@@ -17,9 +17,11 @@ SUBCOMMANDS = {
     "vocab": ("scan.cli.vocab", "build a vocabulary from training captions, or check one"),
 }
 
-USAGE = "usage: scan <command> [options]\n\ncommands:\n" + "\n".join(
-    f"  {name:<9}{help_text}" for name, (_, help_text) in SUBCOMMANDS.items()
-) + "\n\nRun `scan <command> --help` for the options of one command."
+USAGE = (
+    "usage: scan <command> [options]\n\ncommands:\n"
+    + "\n".join(f"  {name:<9}{help_text}" for name, (_, help_text) in SUBCOMMANDS.items())
+    + "\n\nRun `scan <command> --help` for the options of one command."
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="folder of the precomputed layout (sets data.path)")
     parser.add_argument("--run-dir", help="where checkpoints, metrics.jsonl and config.yaml go (sets train.run_dir)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (sets train.device)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="e.g. train.lr=1e-4 model.agg=Mean")
     return parser

@@ -1,6 +1,5 @@
 """Reading the data sets: precomputed region features, raw photo layouts, captions, vocabularies."""
 
-from scan.errors import DataError
 from scan.data.precomp import PrecompSplit
 from scan.data.tokenize import tokenize
 from scan.data.vocab import (
@@ -9,5 +8,14 @@ from scan.data.vocab import (
     load_vocabulary,
     save_vocabulary,
 )
+from scan.errors import DataError
 
-__all__ = ["DataError", "PrecompSplit", "Vocabulary", "build_vocabulary", "load_vocabulary", "save_vocabulary", "tokenize"]
+__all__ = [
+    "DataError",
+    "PrecompSplit",
+    "Vocabulary",
+    "build_vocabulary",
+    "load_vocabulary",
+    "save_vocabulary",
+    "tokenize",
+]

@@ -77,15 +77,12 @@ class PrecompSplit:
         captions_path = folder / f"{split}_caps.txt"
         for required in (features_path, captions_path):
             if not required.is_file():
-                raise DataError(
-                    f"missing file for split {split!r}; {_describe_folder(folder)}", path=required
-                )
+                raise DataError(f"missing file for split {split!r}; {_describe_folder(folder)}", path=required)
 
         features = _open_array(features_path)
         if features.ndim != 3:
             raise DataError(
-                f"features must be a rank-3 array (images, regions, feature dims), got shape "
-                f"{features.shape}",
+                f"features must be a rank-3 array (images, regions, feature dims), got shape {features.shape}",
                 path=features_path,
             )
         if features.dtype not in SUPPORTED_FEATURE_DTYPES:
@@ -114,11 +111,7 @@ class PrecompSplit:
             boxes = _open_array(boxes_path)
             leading = f"{rows}" if rows == num_images else f"{rows} or {num_images}"
             expected = f"({leading}, {features.shape[1]}, 4)"
-            if (
-                boxes.ndim != 3
-                or boxes.shape[0] not in (rows, num_images)
-                or boxes.shape[1:] != (features.shape[1], 4)
-            ):
+            if boxes.ndim != 3 or boxes.shape[0] not in (rows, num_images) or boxes.shape[1:] != (features.shape[1], 4):
                 raise DataError(
                     f"boxes have shape {boxes.shape}, expected {expected} to match features "
                     f"{features.shape} in {features_path.name}",
@@ -290,9 +283,7 @@ def read_lines(path: str | os.PathLike[str], *, what: str = "line") -> list[str]
     stripped = [line.strip() for line in lines]
     for number, line in enumerate(stripped, start=1):
         if not line:
-            raise DataError(
-                f"empty {what} line (every line must hold one {what})", path=path, line=number
-            )
+            raise DataError(f"empty {what} line (every line must hold one {what})", path=path, line=number)
     return stripped
 
 
@@ -313,10 +304,7 @@ def _infer_layout(
     captions_path: Path,
 ) -> tuple[int, bool]:
     """Return ``(captions_per_image, repeated)`` for ``rows`` feature rows and the captions."""
-    counts = (
-        f"{features_path.name} has {rows} feature rows and {captions_path.name} has "
-        f"{num_captions} captions"
-    )
+    counts = f"{features_path.name} has {rows} feature rows and {captions_path.name} has {num_captions} captions"
     if captions_per_image is not None:
         if captions_per_image < 1:
             raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
@@ -377,8 +365,7 @@ def _per_image_ids(
                 )
         return per_image
     raise DataError(
-        f"has {len(ids)} ids, expected {num_images} (one per image) or {num_captions} "
-        f"(one per caption)",
+        f"has {len(ids)} ids, expected {num_images} (one per image) or {num_captions} (one per caption)",
         path=path,
     )
 
@@ -397,5 +384,4 @@ def _describe_folder(folder: Path) -> str:
         return f"the folder {folder} is empty"
     splits = sorted(name[: -len("_ims.npy")] for name in names if name.endswith("_ims.npy"))
     shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-    return f"{folder} holds: {shown}" + (f" (splits with features: {', '.join(splits)})"
-                                          if splits else "")
+    return f"{folder} holds: {shown}" + (f" (splits with features: {', '.join(splits)})" if splits else "")

@@ -96,8 +96,10 @@ def _image_path(folder: Path, *parts: str) -> Path | None:
 
 def _outside(name: str, folder: Path) -> str:
     """The message for an image name that points outside the image folder."""
-    return (f"{name!r} points outside the image folder {folder}; give a file name relative to that folder "
-            "(no '..', no absolute path)")
+    return (
+        f"{name!r} points outside the image folder {folder}; give a file name relative to that folder "
+        "(no '..', no absolute path)"
+    )
 
 
 def _fix_caption_count(
@@ -111,7 +113,9 @@ def _fix_caption_count(
         raise DataError(
             f"image {record.filename!r} has {n} caption(s), needs {captions_per_image} "
             "(SCAN's layout has a fixed number of captions per image)",
-            path=path, line=line, field=field,
+            path=path,
+            line=line,
+            field=field,
         )
     if n > captions_per_image:
         record.captions = record.captions[:captions_per_image]
@@ -160,8 +164,9 @@ def read_karpathy_json(
     except json.JSONDecodeError as e:
         raise DataError(f"not valid JSON: {e.msg} (column {e.colno})", path=json_path, line=e.lineno) from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DataError("expected an object with a list 'images' (Karpathy split format)", path=json_path,
-                        field="images")
+        raise DataError(
+            "expected an object with a list 'images' (Karpathy split format)", path=json_path, field="images"
+        )
     folder = Path(image_folder) if image_folder is not None else _guess_image_folder(json_path.parent)
     records: list[ImageRecord] = []
     seen: dict[str, int] = {}
@@ -177,25 +182,27 @@ def read_karpathy_json(
         if not isinstance(split, str) or not split:
             raise DataError(f"missing 'split' for {filename!r}", path=json_path, field=f"{where}.split")
         if split not in KARPATHY_SPLITS:
-            raise DataError(f"unknown split {split!r} for {filename!r}; expected one of "
-                            f"{', '.join(KARPATHY_SPLITS)} (Karpathy's split names)",
-                            path=json_path, field=f"{where}.split")
+            raise DataError(
+                f"unknown split {split!r} for {filename!r}; expected one of "
+                f"{', '.join(KARPATHY_SPLITS)} (Karpathy's split names)",
+                path=json_path,
+                field=f"{where}.split",
+            )
         sentences = entry.get("sentences")
         if not isinstance(sentences, list):
-            raise DataError(f"missing list 'sentences' for {filename!r}", path=json_path,
-                            field=f"{where}.sentences")
+            raise DataError(f"missing list 'sentences' for {filename!r}", path=json_path, field=f"{where}.sentences")
         captions = []
         for j, sentence in enumerate(sentences):
             raw = sentence.get("raw") if isinstance(sentence, dict) else None
             if raw is None and isinstance(sentence, dict) and isinstance(sentence.get("tokens"), list):
                 raw = " ".join(str(t) for t in sentence["tokens"])  # some files carry tokens only
             if not isinstance(raw, str):
-                raise DataError(f"missing 'raw' caption for {filename!r}", path=json_path,
-                                field=f"{where}.sentences[{j}].raw")
+                raise DataError(
+                    f"missing 'raw' caption for {filename!r}", path=json_path, field=f"{where}.sentences[{j}].raw"
+                )
             caption = _normalise_caption(raw)
             if not caption:
-                raise DataError(f"empty caption for {filename!r}", path=json_path,
-                                field=f"{where}.sentences[{j}].raw")
+                raise DataError(f"empty caption for {filename!r}", path=json_path, field=f"{where}.sentences[{j}].raw")
             captions.append(caption)
         filepath = entry.get("filepath")
         image_path = _image_path(folder, filename)
@@ -204,20 +211,19 @@ def read_karpathy_json(
         if isinstance(filepath, str) and filepath:
             nested = _image_path(folder, filepath, filename)
             if nested is None:
-                raise DataError(_outside(f"{filepath}/{filename}", folder), path=json_path,
-                                field=f"{where}.filepath")
+                raise DataError(_outside(f"{filepath}/{filename}", folder), path=json_path, field=f"{where}.filepath")
             if nested.exists():
                 image_path = nested
         key = f"{filepath or ''}/{filename}"
         if key in seen:
-            raise DataError(f"image {filename!r} listed twice (also images[{seen[key]}])", path=json_path,
-                            field=f"{where}.filename")
+            raise DataError(
+                f"image {filename!r} listed twice (also images[{seen[key]}])", path=json_path, field=f"{where}.filename"
+            )
         seen[key] = i
         if check_files and not image_path.is_file():
             raise DataError(f"image file not found: {image_path}", path=json_path, field=f"{where}.filename")
         record = ImageRecord(filename=filename, path=image_path, split=split, captions=captions)
-        if n := _fix_caption_count(record, captions_per_image, path=json_path, line=None,
-                                   field=f"{where}.sentences"):
+        if n := _fix_caption_count(record, captions_per_image, path=json_path, line=None, field=f"{where}.sentences"):
             truncated.append((filename, n))
         records.append(record)
     _warn_truncated(json_path, truncated, captions_per_image)
@@ -261,8 +267,11 @@ def read_kaggle_captions(
         if not row or all(not cell.strip() for cell in row):
             continue
         if len(row) != 2:
-            raise DataError(f"expected 2 fields (image, caption), got {len(row)}; quote captions "
-                            "that contain commas", path=csv_path, line=line)
+            raise DataError(
+                f"expected 2 fields (image, caption), got {len(row)}; quote captions that contain commas",
+                path=csv_path,
+                line=line,
+            )
         name, caption = row[0].strip(), _normalise_caption(row[1])
         if not name:
             raise DataError("empty image name", path=csv_path, line=line, field="image")
@@ -315,8 +324,12 @@ def _csv_rows(csv_path: Path) -> Iterator[tuple[int, list[str]]]:
         except csv.Error as e:
             if reader.line_num > start or "unexpected end of data" in str(e):
                 raise _unbalanced_quote(csv_path, start) from None
-            raise DataError(f"unreadable CSV row: {e}; a caption that starts with a quote must end with one, "
-                            'and quotes inside it must be doubled ("")', path=csv_path, line=start) from None
+            raise DataError(
+                f"unreadable CSV row: {e}; a caption that starts with a quote must end with one, "
+                'and quotes inside it must be doubled ("")',
+                path=csv_path,
+                line=start,
+            ) from None
         # A caption never spans lines: a field holding a line break is a quote that was never closed.
         if any("\n" in cell or "\r" in cell for cell in row):
             raise _unbalanced_quote(csv_path, start)
@@ -328,7 +341,8 @@ def _unbalanced_quote(csv_path: Path, line: int) -> DataError:
         'unbalanced quote: a caption opens a quote (") that no later quote on its line closes, so the rows '
         "after it would be read into that caption; close it or remove it (a quote inside a quoted caption "
         'is written twice, "")',
-        path=csv_path, line=line,
+        path=csv_path,
+        line=line,
     )
 
 
@@ -336,7 +350,7 @@ def _resolve_count(value: int | float | None, n: int, default: int) -> int:
     if value is None:
         return default
     if isinstance(value, float) and 0.0 <= value < 1.0:
-        return int(round(value * n))
+        return round(value * n)
     if int(value) != value or value < 0:
         raise ValueError(f"split sizes must be counts >= 0 or fractions in [0, 1), got {value!r}")
     return int(value)
@@ -399,8 +413,11 @@ def find_karpathy_json(folder: str | Path) -> Path | None:
     """
     found = sorted(Path(folder).glob("dataset_*.json"))
     if len(found) > 1:
-        raise DataError(f"several Karpathy split files ({', '.join(p.name for p in found)}); pass one "
-                        "of them instead of the folder", path=folder)
+        raise DataError(
+            f"several Karpathy split files ({', '.join(p.name for p in found)}); pass one "
+            "of them instead of the folder",
+            path=folder,
+        )
     return found[0] if found else None
 
 
@@ -423,8 +440,9 @@ def read_image_folder(
     if path.is_file() and path.suffix.lower() == ".json":
         return read_karpathy_json(path, captions_per_image=captions_per_image, check_files=check_files)
     if path.is_file() and path.suffix.lower() in (".txt", ".csv"):
-        records = read_kaggle_captions(path.parent, captions_file=path, captions_per_image=captions_per_image,
-                                       check_files=check_files)
+        records = read_kaggle_captions(
+            path.parent, captions_file=path, captions_per_image=captions_per_image, check_files=check_files
+        )
         return assign_splits(records, dev=dev, test=test, seed=seed)
     if not path.is_dir():
         raise DataError("not found: expected a folder of images with captions, or a dataset_*.json", path=path)
@@ -434,5 +452,4 @@ def read_image_folder(
     if (path / "captions.txt").is_file():
         records = read_kaggle_captions(path, captions_per_image=captions_per_image, check_files=check_files)
         return assign_splits(records, dev=dev, test=test, seed=seed)
-    raise DataError("no dataset_*.json (Karpathy layout) and no captions.txt (Kaggle layout) in this folder",
-                    path=path)
+    raise DataError("no dataset_*.json (Karpathy layout) and no captions.txt (Kaggle layout) in this folder", path=path)

@@ -22,7 +22,7 @@ import numpy as np
 
 from scan.data.vocab import build_vocabulary, save_vocabulary
 
-__all__ = ["write_synthetic_precomp", "OBJECTS", "COLOURS", "CAPTIONS_PER_IMAGE"]
+__all__ = ["CAPTIONS_PER_IMAGE", "COLOURS", "OBJECTS", "write_synthetic_precomp"]
 
 CAPTIONS_PER_IMAGE = 5
 OBJECTS: tuple[str, ...] = (
@@ -93,8 +93,9 @@ def write_synthetic_precomp(
     backgrounds = rng.standard_normal((_BACKGROUNDS, feature_dim))  # (G, F)
 
     train_captions: list[str] = []
-    for name, size, split_seed in zip(("train", "dev", "test"), (num_train, num_dev, num_test),
-                                      split_seeds):
+    for name, size, split_seed in zip(
+        ("train", "dev", "test"), (num_train, num_dev, num_test), split_seeds, strict=False
+    ):
         rng = np.random.default_rng(split_seed)
         features = np.empty((size, regions, feature_dim), dtype=np.float32)  # (N, R, F)
         captions: list[str] = []
@@ -102,14 +103,11 @@ def write_synthetic_precomp(
             chosen = rng.choice(concepts, size=concepts_per_image, replace=False)  # (c,)
             tints = rng.integers(len(COLOURS), size=concepts_per_image)  # (c,)
             clutter = rng.integers(_BACKGROUNDS, size=regions - concepts_per_image)
-            clean = np.concatenate(
-                [objects[chosen] + _COLOUR_WEIGHT * colours[tints], backgrounds[clutter]]
-            )  # (R, F)
+            clean = np.concatenate([objects[chosen] + _COLOUR_WEIGHT * colours[tints], backgrounds[clutter]])  # (R, F)
             noisy = clean + noise * rng.standard_normal((regions, feature_dim))  # (R, F)
             features[i] = noisy[rng.permutation(regions)]  # regions in random order
             for _ in range(CAPTIONS_PER_IMAGE):
-                captions.append(_caption(rng, [OBJECTS[c] for c in chosen],
-                                         [COLOURS[t] for t in tints]))
+                captions.append(_caption(rng, [OBJECTS[c] for c in chosen], [COLOURS[t] for t in tints]))
         boxes = _random_boxes(rng, size=size, regions=regions)  # (N, R, 4)
         np.save(folder / f"{name}_ims.npy", features)
         np.save(folder / f"{name}_boxes.npy", boxes)

@@ -19,13 +19,66 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["tokenize", "ABBREVIATIONS"]
+__all__ = ["ABBREVIATIONS", "tokenize"]
 
 # Words that Punkt treats as abbreviations, so a period after them does not end a sentence.
 ABBREVIATIONS: frozenset[str] = frozenset(
-    "mr mrs ms dr st jr sr mt ft co inc corp ltd vs etc no jan feb mar apr jun jul aug sep sept "
-    "oct nov dec ave blvd rd prof gen col sgt lt capt rev gov sen rep hwy approx dept est fig "
-    "e.g i.e u.s u.k u.n a.m p.m d.c".split()
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "st",
+        "jr",
+        "sr",
+        "mt",
+        "ft",
+        "co",
+        "inc",
+        "corp",
+        "ltd",
+        "vs",
+        "etc",
+        "no",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "ave",
+        "blvd",
+        "rd",
+        "prof",
+        "gen",
+        "col",
+        "sgt",
+        "lt",
+        "capt",
+        "rev",
+        "gov",
+        "sen",
+        "rep",
+        "hwy",
+        "approx",
+        "dept",
+        "est",
+        "fig",
+        "e.g",
+        "i.e",
+        "u.s",
+        "u.k",
+        "u.n",
+        "a.m",
+        "p.m",
+        "d.c",
+    ]
 )
 
 # Curly quotes are mapped to ASCII first: the released vocabularies only know the ASCII forms, so

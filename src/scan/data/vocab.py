@@ -234,9 +234,7 @@ def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
     elif isinstance(document, dict):
         words = _words_from_mapping(document, path=path, field="(word -> id object)")
     else:
-        raise DataError(
-            f"expected a JSON object or list, got {type(document).__name__}", path=path
-        )
+        raise DataError(f"expected a JSON object or list, got {type(document).__name__}", path=path)
     _check_words(words, source=path)
     return Vocabulary(words)
 
@@ -259,13 +257,9 @@ def _words_from_released(document: dict, *, path: Path) -> list[str]:
             try:
                 i = int(key)
             except ValueError:
-                raise DataError(
-                    f"key {key!r} is not an integer id", path=path, field="idx2word"
-                ) from None
+                raise DataError(f"key {key!r} is not an integer id", path=path, field="idx2word") from None
             if not isinstance(word, str):
-                raise DataError(
-                    f"id {key} maps to {word!r}, not a word", path=path, field="idx2word"
-                )
+                raise DataError(f"id {key} maps to {word!r}, not a word", path=path, field="idx2word")
             by_id[i] = word
         words = _ordered_by_id(by_id, path=path, field="idx2word")
     else:
@@ -274,9 +268,7 @@ def _words_from_released(document: dict, *, path: Path) -> list[str]:
     if not isinstance(word2idx, dict):
         raise DataError("must be an object of word -> id", path=path, field="word2idx")
     if len(word2idx) != len(words):
-        raise DataError(
-            f"has {len(word2idx)} words but idx2word has {len(words)}", path=path, field="word2idx"
-        )
+        raise DataError(f"has {len(word2idx)} words but idx2word has {len(words)}", path=path, field="word2idx")
     for word, i in word2idx.items():
         if not isinstance(i, int) or not 0 <= i < len(words) or words[i] != word:
             actual = words[i] if isinstance(i, int) and 0 <= i < len(words) else "nothing"
@@ -309,9 +301,7 @@ def _words_from_mapping(mapping: dict, *, path: Path, field: str) -> list[str]:
         if not isinstance(i, int) or isinstance(i, bool):
             raise DataError(f"{word!r} maps to {i!r}, not an integer id", path=path, field=field)
         if i in by_id:
-            raise DataError(
-                f"{by_id[i]!r} and {word!r} both have id {i}", path=path, field=field
-            )
+            raise DataError(f"{by_id[i]!r} and {word!r} both have id {i}", path=path, field=field)
         by_id[i] = word
     return _ordered_by_id(by_id, path=path, field=field)
 
@@ -344,9 +334,7 @@ def _check_words(words: list[str], *, source: Path | None) -> None:
     seen: set[str] = set()
     for i, word in enumerate(words):
         if word in seen:
-            raise DataError(
-                f"word {word!r} appears twice (again at id {i})", path=source, field="idx2word"
-            )
+            raise DataError(f"word {word!r} appears twice (again at id {i})", path=source, field="idx2word")
         seen.add(word)
 
 
@@ -354,5 +342,3 @@ def _show(ids: list[int], limit: int = 5) -> str:
     """A short list of ids for an error message."""
     shown = ", ".join(map(str, ids[:limit]))
     return f"[{shown}{', ...' if len(ids) > limit else ''}]"
-
-

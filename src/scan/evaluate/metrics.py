@@ -121,29 +121,23 @@ def check_caption_image(
     ci = np.asarray(caption_image)
     if ci.ndim != 1 or ci.shape[0] != num_captions:
         raise ValueError(
-            f"caption_image must have shape ({num_captions},) (one image index per caption), "
-            f"got {ci.shape}"
+            f"caption_image must have shape ({num_captions},) (one image index per caption), got {ci.shape}"
         )
     if ci.size and not np.issubdtype(ci.dtype, np.integer):
         raise ValueError(f"caption_image must hold integer image indices, got dtype {ci.dtype}")
     ci = ci.astype(np.int64, copy=False)
     if ci.size and (ci.min() < 0 or ci.max() >= num_images):
-        raise ValueError(
-            f"caption_image values must lie in [0, {num_images}), got [{ci.min()}, {ci.max()}]"
-        )
+        raise ValueError(f"caption_image values must lie in [0, {num_images}), got [{ci.min()}, {ci.max()}]")
     counts = np.bincount(ci, minlength=num_images)  # (N,)
     if every_image and (counts == 0).any():
         missing = np.flatnonzero(counts == 0)
         raise ValueError(
-            f"{missing.size} image(s) have no caption (first: {missing[:5].tolist()}); "
-            "i2t rank is undefined for them"
+            f"{missing.size} image(s) have no caption (first: {missing[:5].tolist()}); i2t rank is undefined for them"
         )
     return ci
 
 
-def _prepare(
-    scores: Any, caption_image: Any, *, every_image: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+def _prepare(scores: Any, caption_image: Any, *, every_image: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Convert and validate ``(scores, caption_image)`` once for the rank functions."""
     s = as_score_array(scores)  # (N, M)
     n, m = s.shape
@@ -153,9 +147,7 @@ def _prepare(
     # (optimistic for a NaN ground truth): refuse it rather than report a wrong number.
     if np.isnan(s).any():
         raise ValueError("scores contain NaN; ranks would be meaningless")
-    ci = check_caption_image(
-        caption_image, num_images=n, num_captions=m, every_image=every_image
-    )
+    ci = check_caption_image(caption_image, num_images=n, num_captions=m, every_image=every_image)
     return s, ci
 
 
@@ -196,9 +188,7 @@ def _t2i_ranks(s: np.ndarray, ci: np.ndarray, chunk_size: int | None) -> np.ndar
     return ranks
 
 
-def i2t_ranks(
-    scores: Any, caption_image: Any = None, *, chunk_size: int | None = None
-) -> np.ndarray:
+def i2t_ranks(scores: Any, caption_image: Any = None, *, chunk_size: int | None = None) -> np.ndarray:
     """1-based rank, for each image, of its best-ranked ground-truth caption among all captions.
 
     Ties count against the ground truth: rank = 1 + the number of *other images'* captions whose
@@ -222,9 +212,7 @@ def i2t_ranks(
     return _i2t_ranks(s, ci, chunk_size)
 
 
-def t2i_ranks(
-    scores: Any, caption_image: Any = None, *, chunk_size: int | None = None
-) -> np.ndarray:
+def t2i_ranks(scores: Any, caption_image: Any = None, *, chunk_size: int | None = None) -> np.ndarray:
     """1-based rank, for each caption, of its own image among all images.
 
     Ties count against the ground truth: rank = 1 + the number of other images whose score for
@@ -253,9 +241,7 @@ def _summarise(ranks: np.ndarray, prefix: str) -> dict[str, float]:
     return out
 
 
-def retrieval_metrics(
-    scores: Any, caption_image: Any = None, *, chunk_size: int | None = None
-) -> dict[str, float]:
+def retrieval_metrics(scores: Any, caption_image: Any = None, *, chunk_size: int | None = None) -> dict[str, float]:
     """All reported numbers for one score matrix: R@1/5/10, medr, meanr both ways, and rsum.
 
     Recalls are percentages; ranks are 1-based with ties counted against the ground truth (see

@@ -139,9 +139,7 @@ def evaluate_protocol(
     """
     name = _check_protocol(protocol)
     if caption_image is None:
-        raise ValueError(
-            "evaluate_protocol needs caption_image: the number of captions is read from it"
-        )
+        raise ValueError("evaluate_protocol needs caption_image: the number of captions is read from it")
     ci = np.asarray(caption_image)  # (M,)
     num_captions = ci.shape[0] if ci.ndim else -1
     ci = check_caption_image(ci, num_images=num_images, num_captions=num_captions)

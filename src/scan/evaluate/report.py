@@ -66,20 +66,16 @@ def format_table(results: Mapping[str, Mapping[str, Any]], *, name_header: str =
         parts, c = [], 0
         for _, cols in TABLE_COLUMNS:
             span = slice(c, c + len(cols))
-            parts.append(
-                fill.join(v.rjust(w, fill) for v, w in zip(cells[span], widths[span], strict=True))
-            )
+            parts.append(fill.join(v.rjust(w, fill) for v, w in zip(cells[span], widths[span], strict=True)))
             c += len(cols)
-        return sep.join([name.ljust(name_width, fill)] + parts)
+        return sep.join([name.ljust(name_width, fill), *parts])
 
     out = [line(name_header, labels), line("", ["" for _ in labels], fill="-", sep="-+-")]
     out += [line(n, r) for n, r in zip(names, rows, strict=True)]
     return "\n".join(out)
 
 
-def format_markdown_table(
-    results: Mapping[str, Mapping[str, Any]], *, name_header: str = "model"
-) -> str:
+def format_markdown_table(results: Mapping[str, Mapping[str, Any]], *, name_header: str = "model") -> str:
     """Render ``{name: metrics}`` as a Markdown table with the columns of :func:`format_table`.
 
     Markdown has no column groups, so every header carries its direction (``i2t R@5``), and
@@ -91,7 +87,7 @@ def format_markdown_table(
     keys = [key for _, cols in TABLE_COLUMNS for key, _ in cols]
     labels = [f"{group} {label}".strip() for group, cols in TABLE_COLUMNS for _, label in cols]
     out = [
-        "| " + " | ".join([name_header] + labels) + " |",
+        "| " + " | ".join([name_header, *labels]) + " |",
         "|" + "|".join([" --- "] + [" ---: "] * len(labels)) + "|",
     ]
     for name, metrics in results.items():
@@ -111,9 +107,7 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
 
 
-def write_json(
-    results: Mapping[str, Any], path: str | os.PathLike[str], *, indent: int = 2
-) -> Path:
+def write_json(results: Mapping[str, Any], path: str | os.PathLike[str], *, indent: int = 2) -> Path:
     """Write ``{name: metrics}`` to ``path`` as JSON, atomically.
 
     The text goes to a temporary file in the destination directory, is flushed and fsynced, and

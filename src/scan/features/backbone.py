@@ -119,18 +119,14 @@ class MBConv(nn.Module):
     Attribute names follow the weights file (``_expand_conv``, ``_bn0``, ...).
     """
 
-    def __init__(
-        self, cin: int, cout: int, *, kernel: int, stride: int, expand: int, dilation: int = 1
-    ) -> None:
+    def __init__(self, cin: int, cout: int, *, kernel: int, stride: int, expand: int, dilation: int = 1) -> None:
         super().__init__()
         mid = cin * expand
         self.expand = expand != 1
         if self.expand:
             self._expand_conv = SameConv2d(cin, mid, 1, bias=False)
             self._bn0 = _bn(mid)
-        self._depthwise_conv = SameConv2d(
-            mid, mid, kernel, stride=stride, groups=mid, dilation=dilation, bias=False
-        )
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, dilation=dilation, bias=False)
         self._bn1 = _bn(mid)
         self._project_conv = SameConv2d(mid, cout, 1, bias=False)
         self._bn2 = _bn(cout)
@@ -173,8 +169,9 @@ class EfficientNetLite0(nn.Module):
                 elif s == 2:
                     stride_now *= 2
                 blocks.append(
-                    MBConv(cin if r == 0 else cout, cout, kernel=kernel, stride=s, expand=expand,
-                           dilation=block_dilation)
+                    MBConv(
+                        cin if r == 0 else cout, cout, kernel=kernel, stride=s, expand=expand, dilation=block_dilation
+                    )
                 )
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(320, 1280, 1, bias=False)
@@ -197,16 +194,15 @@ class EfficientNetLite0(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def resize_shape(height: int, width: int, *, shorter: int, max_longer: int, multiple: int = 32
-                 ) -> tuple[int, int]:
+def resize_shape(height: int, width: int, *, shorter: int, max_longer: int, multiple: int = 32) -> tuple[int, int]:
     """Deterministic input size: shorter side to ``shorter``, aspect kept, longer side capped at
     ``max_longer``, each side then rounded to a multiple of ``multiple`` (so the feature-map cells
     tile the input exactly; the aspect changes by at most a few percent)."""
     scale = shorter / min(height, width)
     if max(height, width) * scale > max_longer:
         scale = max_longer / max(height, width)
-    h = max(multiple, int(round(height * scale / multiple)) * multiple)
-    w = max(multiple, int(round(width * scale / multiple)) * multiple)
+    h = max(multiple, round(height * scale / multiple) * multiple)
+    w = max(multiple, round(width * scale / multiple) * multiple)
     return h, w
 
 
@@ -269,8 +265,7 @@ class EfficientNetLite0Backbone(nn.Module):
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         """Resized input ``(h, w)`` for an image of ``height x width`` pixels."""
-        return resize_shape(height, width, shorter=self.shorter_side, max_longer=self.max_longer_side,
-                            multiple=32)
+        return resize_shape(height, width, shorter=self.shorter_side, max_longer=self.max_longer_side, multiple=32)
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """RGB ``uint8`` ``(H, W, 3)`` -> resized, un-normalised float ``(3, h, w)`` in [0, 255].

@@ -39,8 +39,9 @@ _COCO = (
     "cell_phone microwave oven toaster sink refrigerator _ book clock vase scissors teddy_bear "
     "hair_drier toothbrush"
 )
-COCO_LABELS: tuple[str, ...] = ("background",) + tuple(
-    "" if name == "_" else name.replace("_", " ") for name in _COCO.split()
+COCO_LABELS: tuple[str, ...] = (
+    "background",
+    *tuple("" if name == "_" else name.replace("_", " ") for name in _COCO.split()),
 )
 
 
@@ -59,7 +60,7 @@ def _set_attr(config: str, key: str, kind: str, value: float | int) -> str:
     head, sep, tail = config.partition('op: "DetectionOutput"')
     if not sep:
         raise ValueError("the SSD text graph has no DetectionOutput node")
-    pattern = re.compile(r'(key: "' + re.escape(key) + r'"\s*value \{\s*' + kind + r': )[-+0-9.eE]+')
+    pattern = re.compile(r'(key: "' + re.escape(key) + r'"\s*value \{\s*' + kind + r": )[-+0-9.eE]+")
     tail, n = pattern.subn(lambda m: f"{m.group(1)}{value}", tail, count=1)
     if n != 1:
         raise ValueError(f"the SSD text graph has no {key!r} attribute in DetectionOutput")

@@ -113,8 +113,17 @@ class ExtractConfig:
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "workers", "strict")
     # Settings a RegionExtractor is built with (the rest only affect how results are stored).
     MODEL_FIELDS: ClassVar[tuple[str, ...]] = (
-        "mode", "num_regions", "image_size", "max_size", "output_stride", "roi_samples",
-        "detector_threshold", "max_detections", "iou_threshold", "min_score", "min_box_size",
+        "mode",
+        "num_regions",
+        "image_size",
+        "max_size",
+        "output_stride",
+        "roi_samples",
+        "detector_threshold",
+        "max_detections",
+        "iou_threshold",
+        "min_score",
+        "min_box_size",
     )
 
     def validate(self) -> None:
@@ -184,8 +193,10 @@ def load_image(path: str | Path) -> np.ndarray:
 
     path = Path(path)
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone relaxed PIL globally; truncation must still fail
-        raise ImageLoadError(f"{path}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set, so truncated images would pass "
-                             "silently; set it back to False before extracting")
+        raise ImageLoadError(
+            f"{path}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set, so truncated images would pass "
+            "silently; set it back to False before extracting"
+        )
     try:
         with Image.open(path) as im:
             im.load()
@@ -284,8 +295,9 @@ def source_fingerprint(records: Sequence[ImageRecord]) -> str:
 
 
 def _fingerprint(config: ExtractConfig, models: dict[str, str], source: str) -> str:
-    blob = json.dumps({"format": FORMAT, "config": config.output_fields(), "models": models, "source": source},
-                      sort_keys=True)
+    blob = json.dumps(
+        {"format": FORMAT, "config": config.output_fields(), "models": models, "source": source}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -339,8 +351,13 @@ class RegionExtractor:
         with self._detector_lock:
             boxes, scores, _labels = self.detector.detect(image)
         return select_regions(
-            boxes, scores, image_size=image.shape[:2], num_regions=cfg.num_regions,
-            iou_threshold=cfg.iou_threshold, min_score=cfg.min_score, min_size=cfg.min_box_size,
+            boxes,
+            scores,
+            image_size=image.shape[:2],
+            num_regions=cfg.num_regions,
+            iou_threshold=cfg.iou_threshold,
+            min_score=cfg.min_score,
+            min_size=cfg.min_box_size,
             return_num_detected=True,
         )
 
@@ -359,8 +376,13 @@ class RegionExtractor:
         scaled = torch.from_numpy(boxes.astype(np.float32)) * torch.tensor([sx, sy, sx, sy])  # (R, 4)
         # One bin of roi_samples^2 samples: the same points and mean as RoIAlign with 7x7 bins of
         # 2x2 samples followed by average pooling (bottom-up attention's head), at a fraction of the cost.
-        pooled = roi_align(fmap, scaled, spatial_scale=1.0 / self.backbone.stride, output_size=1,
-                           sampling_ratio=self.config.roi_samples)  # (R, F, 1, 1)
+        pooled = roi_align(
+            fmap,
+            scaled,
+            spatial_scale=1.0 / self.backbone.stride,
+            output_size=1,
+            sampling_ratio=self.config.roi_samples,
+        )  # (R, F, 1, 1)
         return pooled.flatten(1).numpy()  # (R, F)
 
 
@@ -425,8 +447,11 @@ def _check_records(records: Sequence[ImageRecord], config: ExtractConfig, split:
         # (\v, \f, \x1c-\x1e, \x85, \u2028, \u2029), so one caption is always one line.
         caps = [" ".join(c.split()) for c in r.captions]
         if len(caps) != config.captions_per_image:
-            raise DataError(f"image has {len(caps)} captions, the layout needs exactly "
-                            f"{config.captions_per_image}", path=r.path, field="captions")
+            raise DataError(
+                f"image has {len(caps)} captions, the layout needs exactly {config.captions_per_image}",
+                path=r.path,
+                field="captions",
+            )
         for k, c in enumerate(caps):
             if not c:
                 raise DataError("empty caption", path=r.path, field=f"captions[{k}]")
@@ -487,8 +512,9 @@ def extract_split(
     config = config or ExtractConfig()
     config.validate()
     with FolderLock(out_folder, purpose=LOCK_PURPOSE), _one_thread_per_image(opencv=config.mode == "bottomup"):
-        return _extract_split(records, Path(out_folder), split, config, progress=progress, extractor=extractor,
-                              on_batch=on_batch)
+        return _extract_split(
+            records, Path(out_folder), split, config, progress=progress, extractor=extractor, on_batch=on_batch
+        )
 
 
 def _extract_split(
@@ -516,14 +542,21 @@ def _extract_split(
     cached = _is_cached(paths, fingerprint)
     if cached is not None:
         if progress:
-            _log(f"{split}: {paths['ims']} is up to date ({cached['counts']['images']} images, same config and "
-                 "sources); nothing to do")
+            _log(
+                f"{split}: {paths['ims']} is up to date ({cached['counts']['images']} images, same config and "
+                "sources); nothing to do"
+            )
         return ExtractSummary(
-            split=split, out_folder=out, num_images=cached["counts"]["images"],
-            num_captions=cached["counts"]["captions"], num_regions=cached["num_regions"],
+            split=split,
+            out_folder=out,
+            num_images=cached["counts"]["images"],
+            num_captions=cached["counts"]["captions"],
+            num_regions=cached["num_regions"],
             feature_dim=cached["feature_dim"],
-            failed=[FailedImage(**f) for f in cached["failed"]], cached=True,
-            seconds=time.perf_counter() - start, mean_detected_regions=cached.get("mean_detected_regions"),
+            failed=[FailedImage(**f) for f in cached["failed"]],
+            cached=True,
+            seconds=time.perf_counter() - start,
+            mean_detected_regions=cached.get("mean_detected_regions"),
         )
 
     extractor = extractor or RegionExtractor(config)
@@ -591,10 +624,15 @@ def _extract_split(
             ims.flush()
             boxes_mm.flush()
             done = hi
-            _write_json_atomic(paths["progress"], {
-                "fingerprint": fingerprint, "done": done,
-                "failed": [{"index": i, **asdict(fi)} for i, fi in failed], "detected": detected,
-            })
+            _write_json_atomic(
+                paths["progress"],
+                {
+                    "fingerprint": fingerprint,
+                    "done": done,
+                    "failed": [{"index": i, **asdict(fi)} for i, fi in failed],
+                    "detected": detected,
+                },
+            )
             if bar is not None:
                 bar.update(hi - lo)
             if on_batch is not None:
@@ -614,7 +652,9 @@ def _extract_split(
             raise ExtractionError(
                 f"{split}: {len(failed_list)} of {n} images could not be read (strict mode; the others are "
                 f"extracted and kept in {paths['ims_partial']}, rerun without --strict to skip the bad ones):\n"
-                f"{listing}", failed_list)
+                f"{listing}",
+                failed_list,
+            )
         _log(f"{split}: left out {len(failed_list)} unreadable image(s) and their captions:\n{listing}")
 
     keep = [i for i in range(n) if i not in failed_idx]
@@ -629,7 +669,7 @@ def _extract_split(
             tmp = paths[key].with_name(paths[key].name + ".compact")
             dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(keep), *src.shape[1:]))
             for a in range(0, len(keep), 1024):
-                dst[a:a + 1024] = src[keep[a:a + 1024]]
+                dst[a : a + 1024] = src[keep[a : a + 1024]]
             dst.flush()
             del dst
             os.replace(tmp, paths[key])
@@ -642,7 +682,7 @@ def _extract_split(
         os.replace(paths["boxes_partial"], paths["boxes"])
     _write_text_atomic(paths["caps"], [c for i in keep for c in captions[i]])
     _write_text_atomic(paths["ids"], [records[i].filename for i in keep])
-    mean_detected = (round(detected[0] / detected[1], 4) if config.mode == "bottomup" and detected[1] else None)
+    mean_detected = round(detected[0] / detected[1], 4) if config.mode == "bottomup" and detected[1] else None
     record = {
         "format": FORMAT,
         "split": split,
@@ -656,8 +696,12 @@ def _extract_split(
         "captions_per_image": config.captions_per_image,
         "models": extractor.model_info(),
         "model_files_sha256": model_fingerprint(config),
-        "counts": {"source_images": n, "images": len(keep), "captions": len(keep) * config.captions_per_image,
-                   "failed": len(failed_list)},
+        "counts": {
+            "source_images": n,
+            "images": len(keep),
+            "captions": len(keep) * config.captions_per_image,
+            "failed": len(failed_list),
+        },
         "failed": [asdict(fi) for fi in failed_list],
         "mean_detected_regions": mean_detected,
         "files": {k: paths[k].name for k in ("ims", "boxes", "caps", "ids")},
@@ -668,13 +712,23 @@ def _extract_split(
     paths["progress"].unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     summary = ExtractSummary(
-        split=split, out_folder=out, num_images=len(keep), num_captions=len(keep) * config.captions_per_image,
-        num_regions=r, feature_dim=f_dim, failed=failed_list, resumed_from=resumed_from, seconds=seconds,
-        seconds_per_image=seconds / max(processed, 1), mean_detected_regions=mean_detected,
+        split=split,
+        out_folder=out,
+        num_images=len(keep),
+        num_captions=len(keep) * config.captions_per_image,
+        num_regions=r,
+        feature_dim=f_dim,
+        failed=failed_list,
+        resumed_from=resumed_from,
+        seconds=seconds,
+        seconds_per_image=seconds / max(processed, 1),
+        mean_detected_regions=mean_detected,
     )
     if progress:
-        _log(f"{split}: wrote {len(keep)} images x {r} regions x {f_dim} ({config.dtype}) to {paths['ims']} "
-             f"in {seconds:.1f} s ({summary.seconds_per_image:.3f} s/image)")
+        _log(
+            f"{split}: wrote {len(keep)} images x {r} regions x {f_dim} ({config.dtype}) to {paths['ims']} "
+            f"in {seconds:.1f} s ({summary.seconds_per_image:.3f} s/image)"
+        )
     return summary
 
 
@@ -725,8 +779,7 @@ def extract_dataset(
     config = config or ExtractConfig()
     config.validate()
     if records is None:
-        records = read_image_folder(source, captions_per_image=config.captions_per_image, dev=dev, test=test,
-                                    seed=seed)
+        records = read_image_folder(source, captions_per_image=config.captions_per_image, dev=dev, test=test, seed=seed)
     by_split = {name: select_split(records, name) for name in (splits or DEFAULT_SPLITS)}
     if splits is None:
         by_split = {k: v for k, v in by_split.items() if v}
@@ -744,6 +797,7 @@ def extract_dataset(
             fp = _fingerprint(config, model_fingerprint(config), source_fingerprint(recs))
             if extractor is None and _is_cached(_paths(out, name), fp) is None:
                 extractor = RegionExtractor(config)
-            summaries[name] = _extract_split(recs, out, name, config, progress=progress, extractor=extractor,
-                                             on_batch=None)
+            summaries[name] = _extract_split(
+                recs, out, name, config, progress=progress, extractor=extractor, on_batch=None
+            )
     return summaries

@@ -63,7 +63,9 @@ def minilm_model_dir() -> Path:
         )
     folder = importlib.resources.files(_MODULE) / "model"
     if not isinstance(folder, Path):  # e.g. imported from a zip: transformers needs a real folder
-        raise RuntimeError(f"{PACKAGE} is installed as {folder!r}, not as a folder on disk; reinstall it: {INSTALL_HINT}")
+        raise RuntimeError(
+            f"{PACKAGE} is installed as {folder!r}, not as a folder on disk; reinstall it: {INSTALL_HINT}"
+        )
     missing = [name for name in _REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise RuntimeError(f"{folder}: the {PACKAGE} install lacks {', '.join(missing)}; reinstall it: {INSTALL_HINT}")
@@ -93,7 +95,9 @@ def _offline_transformers():
     try:
         import transformers
     except ImportError as e:
-        raise ImportError(f"the MiniLM text encoder needs `transformers` ({e}); install it with: {INSTALL_HINT}") from None
+        raise ImportError(
+            f"the MiniLM text encoder needs `transformers` ({e}); install it with: {INSTALL_HINT}"
+        ) from None
     return transformers
 
 
@@ -163,9 +167,7 @@ class MiniLMTokenizer:
 
     def encode(self, text: str, *, wrap: bool = True) -> list[int]:
         """WordPiece ids of `text`: `[CLS] ... [SEP]` when `wrap`, the bare pieces otherwise."""
-        return list(
-            self._tokenizer.encode(text, add_special_tokens=wrap, truncation=True, max_length=self.max_length)
-        )
+        return list(self._tokenizer.encode(text, add_special_tokens=wrap, truncation=True, max_length=self.max_length))
 
     def tokens(self, ids: Sequence[int]) -> list[str]:
         """The word piece of each id (e.g. `["[CLS]", "a", "dog", "[SEP]"]`), for labelling words.

@@ -84,7 +84,9 @@ class SCAN(nn.Module):
         )
 
     @torch.no_grad()
-    def score_matrix(self, images: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, **kwargs) -> torch.Tensor:
+    def score_matrix(
+        self, images: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, **kwargs
+    ) -> torch.Tensor:
         """`(N, M)` float32 CPU scores of a whole encoded gallery, tiled to bounded memory.
 
         Args:
@@ -143,7 +145,9 @@ class GlobalEmbedding(SCAN):
         return images[:, 0].float() @ captions[:, 0].float().T  # (N, M)
 
     @torch.no_grad()
-    def score_matrix(self, images: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, **kwargs) -> torch.Tensor:
+    def score_matrix(
+        self, images: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, **kwargs
+    ) -> torch.Tensor:
         return (images[:, 0].float() @ captions[:, 0].float().T).cpu()
 
     def attention_weights(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -117,7 +117,7 @@ def _kernels():
     return _KERNELS
 
 
-def _build_kernels():  # noqa: C901  (one closure holding every kernel and helper)
+def _build_kernels():
     # The helpers must be module globals for the JIT to resolve them by name from the kernels.
     global triton, tl, _EPS, _EPS2, _NEG
     global _tile_ids, _raw_scores, _tile_masks, _load_context_gram, _load_query_norm
@@ -142,9 +142,19 @@ def _build_kernels():  # noqa: C901  (one closure holding every kernel and helpe
 
     @triton.jit
     def _raw_scores(
-        img_ptr, cap_ptr, n, cb, M, R, D,
-        RP: tl.constexpr, BM: tl.constexpr, WP: tl.constexpr, BLOCK_D: tl.constexpr,
-        DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        img_ptr,
+        cap_ptr,
+        n,
+        cb,
+        M,
+        R,
+        D,
+        RP: tl.constexpr,
+        BM: tl.constexpr,
+        WP: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr,
     ):
         """`(RP, BM*WP)` raw scores of image n's regions against caption block cb's word slots."""
         r = tl.arange(0, RP)
@@ -293,9 +303,21 @@ def _build_kernels():  # noqa: C901  (one closure holding every kernel and helpe
 
     @triton.jit
     def _tile_forward(
-        s, gram, qn, qmask, cmask, smooth, lambda_lse,
-        RP: tl.constexpr, BM: tl.constexpr, WP: tl.constexpr, T2I: tl.constexpr,
-        NORM: tl.constexpr, AGG: tl.constexpr, Q_AXIS: tl.constexpr, C_AXIS: tl.constexpr,
+        s,
+        gram,
+        qn,
+        qmask,
+        cmask,
+        smooth,
+        lambda_lse,
+        RP: tl.constexpr,
+        BM: tl.constexpr,
+        WP: tl.constexpr,
+        T2I: tl.constexpr,
+        NORM: tl.constexpr,
+        AGG: tl.constexpr,
+        Q_AXIS: tl.constexpr,
+        C_AXIS: tl.constexpr,
         GRAM_PRECISION: tl.constexpr,
     ):
         """Everything after the raw scores `s` `(RP, BM, WP)`, for one tile."""
@@ -319,12 +341,32 @@ def _build_kernels():  # noqa: C901  (one closure holding every kernel and helpe
 
     @triton.jit
     def scores_fwd_kernel(
-        img_ptr, cap_ptr, wmask_ptr, gram_ptr, qnorm_ptr, out_ptr,
-        N, M, R, D, out_stride, smooth, lambda_lse,
-        RP: tl.constexpr, BM: tl.constexpr, WP: tl.constexpr, BLOCK_D: tl.constexpr,
-        T2I: tl.constexpr, NORM: tl.constexpr, AGG: tl.constexpr,
-        Q_AXIS: tl.constexpr, C_AXIS: tl.constexpr,
-        DOT_PRECISION: tl.constexpr, GRAM_PRECISION: tl.constexpr, GROUP_C: tl.constexpr, UPCAST: tl.constexpr,
+        img_ptr,
+        cap_ptr,
+        wmask_ptr,
+        gram_ptr,
+        qnorm_ptr,
+        out_ptr,
+        N,
+        M,
+        R,
+        D,
+        out_stride,
+        smooth,
+        lambda_lse,
+        RP: tl.constexpr,
+        BM: tl.constexpr,
+        WP: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        T2I: tl.constexpr,
+        NORM: tl.constexpr,
+        AGG: tl.constexpr,
+        Q_AXIS: tl.constexpr,
+        C_AXIS: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
+        GRAM_PRECISION: tl.constexpr,
+        GROUP_C: tl.constexpr,
+        UPCAST: tl.constexpr,
     ):
         """out[n, cb*BM + m] = score(image n, caption cb*BM + m)."""
         n, cb = _tile_ids(N, M, BM, GROUP_C)
@@ -339,22 +381,58 @@ def _build_kernels():  # noqa: C901  (one closure holding every kernel and helpe
             cmask = wmask
         gram = _load_context_gram(gram_ptr, n, cb, M, R, RP, BM, WP, T2I)
         qn = _load_query_norm(qnorm_ptr, n, cb, M, R, RP, BM, WP, T2I)
-        c, f, nrm, alpha, dot, ga, q, root, den, rel, out = _tile_forward(
-            s, gram, qn, qmask, cmask, smooth, lambda_lse,
-            RP, BM, WP, T2I, NORM, AGG, Q_AXIS, C_AXIS, GRAM_PRECISION,
+        _c, _f, _nrm, _alpha, _dot, _ga, _q, _root, _den, _rel, out = _tile_forward(
+            s,
+            gram,
+            qn,
+            qmask,
+            cmask,
+            smooth,
+            lambda_lse,
+            RP,
+            BM,
+            WP,
+            T2I,
+            NORM,
+            AGG,
+            Q_AXIS,
+            C_AXIS,
+            GRAM_PRECISION,
         )
         m = cb * BM + tl.arange(0, BM)
         tl.store(out_ptr + n.to(tl.int64) * out_stride + m, tl.reshape(out, (BM,)), mask=caption_ok)
 
     @triton.jit
     def scores_bwd_kernel(
-        img_ptr, cap_ptr, wmask_ptr, gram_ptr, qnorm_ptr, gout_ptr,
-        ds_ptr, dgram_ptr, dqnorm_ptr,
-        N, M, R, D, gout_stride, smooth, lambda_lse,
-        RP: tl.constexpr, BM: tl.constexpr, WP: tl.constexpr, BLOCK_D: tl.constexpr,
-        T2I: tl.constexpr, NORM: tl.constexpr, AGG: tl.constexpr,
-        Q_AXIS: tl.constexpr, C_AXIS: tl.constexpr,
-        DOT_PRECISION: tl.constexpr, GRAM_PRECISION: tl.constexpr, GROUP_C: tl.constexpr, UPCAST: tl.constexpr,
+        img_ptr,
+        cap_ptr,
+        wmask_ptr,
+        gram_ptr,
+        qnorm_ptr,
+        gout_ptr,
+        ds_ptr,
+        dgram_ptr,
+        dqnorm_ptr,
+        N,
+        M,
+        R,
+        D,
+        gout_stride,
+        smooth,
+        lambda_lse,
+        RP: tl.constexpr,
+        BM: tl.constexpr,
+        WP: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        T2I: tl.constexpr,
+        NORM: tl.constexpr,
+        AGG: tl.constexpr,
+        Q_AXIS: tl.constexpr,
+        C_AXIS: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
+        GRAM_PRECISION: tl.constexpr,
+        GROUP_C: tl.constexpr,
+        UPCAST: tl.constexpr,
     ):
         """Recompute a tile's forward, then write dS and add dGram and d(query norm) atomically."""
         n, cb = _tile_ids(N, M, BM, GROUP_C)
@@ -370,8 +448,22 @@ def _build_kernels():  # noqa: C901  (one closure holding every kernel and helpe
         gram = _load_context_gram(gram_ptr, n, cb, M, R, RP, BM, WP, T2I)
         qn = _load_query_norm(qnorm_ptr, n, cb, M, R, RP, BM, WP, T2I)
         c, f, nrm, alpha, dot, ga, q, root, den, rel, out = _tile_forward(
-            s, gram, qn, qmask, cmask, smooth, lambda_lse,
-            RP, BM, WP, T2I, NORM, AGG, Q_AXIS, C_AXIS, GRAM_PRECISION,
+            s,
+            gram,
+            qn,
+            qmask,
+            cmask,
+            smooth,
+            lambda_lse,
+            RP,
+            BM,
+            WP,
+            T2I,
+            NORM,
+            AGG,
+            Q_AXIS,
+            C_AXIS,
+            GRAM_PRECISION,
         )
         m = cb * BM + tl.arange(0, BM)
         g = tl.load(gout_ptr + n.to(tl.int64) * gout_stride + m, mask=caption_ok, other=0.0)
@@ -442,7 +534,10 @@ def _check_options(options: AttentionOptions) -> None:
     # option (the kernels' `else` branches), so refuse rather than trust the table alone.
     missing = [
         f"{kind} {name!r}"
-        for kind, name, codes in (("raw_feature_norm", options.norm, _NORM_CODES), ("pooling", options.agg, _POOL_CODES))
+        for kind, name, codes in (
+            ("raw_feature_norm", options.norm, _NORM_CODES),
+            ("pooling", options.agg, _POOL_CODES),
+        )
         if name not in codes
     ]
     if missing:
@@ -510,7 +605,9 @@ def _prepare_images(images: torch.Tensor, *, device, dtype, direction: str) -> d
     return prepared
 
 
-def _launch_config(kind: str, precision: str, *, wp: int, num_regions: int, embed_dim: int, options: AttentionOptions) -> dict:
+def _launch_config(
+    kind: str, precision: str, *, wp: int, num_regions: int, embed_dim: int, options: AttentionOptions
+) -> dict:
     """Constexprs and launch options of the `kind` ("fwd" or "bwd") kernel for one length bucket."""
     config = TILE_CONFIGS[kind, precision]
     rp, bm = _tile_shape(num_regions, wp, config["columns"])
@@ -620,7 +717,9 @@ def score_matrix(
         out = torch.empty(img["regions"].shape[0], num_captions, dtype=torch.float32, device=device)
         column = 0
         for wp, index in buckets:
-            _forward_block(img, prepare(index, wp), out[:, column : column + len(index)], options=options, precision=precision)
+            _forward_block(
+                img, prepare(index, wp), out[:, column : column + len(index)], options=options, precision=precision
+            )
             column += len(index)
         scores[start : start + len(out)] = out[:, inverse].cpu()  # back to caption order
     return scores
@@ -642,7 +741,9 @@ class TritonScanScores(torch.autograd.Function):
         caps = []
         for wp, index in buckets:
             index = index.to(device)
-            cap = _prepare_captions(captions.detach()[index], mask[index], wp, device=device, dtype=dtype, direction=direction)
+            cap = _prepare_captions(
+                captions.detach()[index], mask[index], wp, device=device, dtype=dtype, direction=direction
+            )
             out = torch.empty(images.shape[0], len(index), dtype=torch.float32, device=device)
             _forward_block(img, cap, out, options=options, precision=precision)
             scores[:, index] = out
@@ -666,7 +767,9 @@ class TritonScanScores(torch.autograd.Function):
         num_images, num_regions, embed_dim = regions.shape
         grad_images = torch.zeros(images.shape, dtype=torch.float32, device=images.device)
         grad_captions = torch.zeros(captions.shape, dtype=torch.float32, device=captions.device)
-        grad_image_gram = torch.zeros(num_images, num_regions, num_regions, device=images.device) if direction == "t2i" else None
+        grad_image_gram = (
+            torch.zeros(num_images, num_regions, num_regions, device=images.device) if direction == "t2i" else None
+        )
         grad_image_norm = torch.zeros(num_images, num_regions, device=images.device) if direction == "i2t" else None
         regions_f = regions.float()
         flat_regions = regions_f.reshape(num_images * num_regions, embed_dim)

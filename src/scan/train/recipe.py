@@ -33,8 +33,8 @@ from scan.atomic import FolderLock, write_text_atomic
 from scan.config import Config, config_from_dict, dump_config
 from scan.data.collate import CaptionDataset, collate_captions
 from scan.data.precomp import PrecompSplit
-from scan.evaluate.encode import encode_split, score_split
 from scan.errors import ConfigError, DataError
+from scan.evaluate.encode import encode_split, score_split
 from scan.evaluate.metrics import retrieval_metrics
 from scan.losses import triplet_loss
 from scan.models.scan import SCAN, build_model
@@ -45,7 +45,15 @@ from scan.train.schedule import EpochBatches, learning_rate
 # Fields that may differ between a run and its resumption without changing what is computed.
 # Fields that setup fills in from the data, so a fresh config does not know them yet.
 DERIVED_FIELDS = {"model.vocab_size", "model.image_dim", "data.extract"}
-RESUMABLE_FIELDS = {"train.device", "train.progress", "train.epochs", "train.max_steps", "data.workers", "train.scoring_backend", "train.scoring_precision"}
+RESUMABLE_FIELDS = {
+    "train.device",
+    "train.progress",
+    "train.epochs",
+    "train.max_steps",
+    "data.workers",
+    "train.scoring_backend",
+    "train.scoring_precision",
+}
 # Fields that name files: `runs/x`, `runs/x/` and `/home/me/runs/x` are the same run directory.
 PATH_FIELDS = {"train.run_dir", "data.path", "data.vocab"}
 
@@ -119,7 +127,9 @@ def setup(config: Config, *, resume: bool = False) -> Run:
         saved = config_from_dict(ckpt.read_state(latest)["config"], source=str(latest / ckpt.STATE_FILE))
         differences = _config_differences(saved, config)
         if differences:
-            raise ConfigError("--resume with a different config would not continue the same run: " + "; ".join(differences))
+            raise ConfigError(
+                "--resume with a different config would not continue the same run: " + "; ".join(differences)
+            )
         for key in RESUMABLE_FIELDS | {"train.run_dir"}:  # the run continues where it now lies
             section, name = key.split(".")
             setattr(getattr(saved, section), name, getattr(getattr(config, section), name))
@@ -291,7 +301,9 @@ def _train_step(run: Run, batch) -> dict[str, float]:
     # Hardest negatives alone give little signal while the embedding is still random, which
     # matters on small data sets; the sum over negatives first warms it up.
     max_violation = run.config.train.max_violation and run.epoch >= run.config.train.sum_negatives_epochs
-    terms = triplet_loss(scores.float(), margin=run.config.train.margin, max_violation=max_violation, image_ids=batch.image_ids)
+    terms = triplet_loss(
+        scores.float(), margin=run.config.train.margin, max_violation=max_violation, image_ids=batch.image_ids
+    )
     run.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     grad_norm = torch.tensor(0.0)
@@ -323,11 +335,20 @@ def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str
             _validate_and_save(run)
         run.model.train()
         while run.step < run.total_steps:
-            lr = learning_rate(base=config.train.lr, epoch=run.epoch, decay_epochs=config.train.lr_decay_epochs, decay=config.train.lr_decay)
+            lr = learning_rate(
+                base=config.train.lr,
+                epoch=run.epoch,
+                decay_epochs=config.train.lr_decay_epochs,
+                decay=config.train.lr_decay,
+            )
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
             batches = EpochBatches(
-                num_items=len(run.train_set), batch_size=config.data.batch_size, seed=config.train.seed, epoch=run.epoch, start=run.batch_in_epoch
+                num_items=len(run.train_set),
+                batch_size=config.data.batch_size,
+                seed=config.train.seed,
+                epoch=run.epoch,
+                start=run.batch_in_epoch,
             )
             loader = DataLoader(
                 run.train_set,
@@ -347,7 +368,16 @@ def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str
                 bar.update(1)
                 bar.set_postfix(epoch=run.epoch, loss=f"{values['loss']:.3f}", best_rsum=f"{max(run.best_rsum, 0):.1f}")
                 if run.step % config.train.log_every_steps == 0:
-                    _log(run, {"step": run.step, "epoch": run.epoch, "lr": lr, "time": round(time.time() - started, 2), **values})
+                    _log(
+                        run,
+                        {
+                            "step": run.step,
+                            "epoch": run.epoch,
+                            "lr": lr,
+                            "time": round(time.time() - started, 2),
+                            **values,
+                        },
+                    )
                 if on_step is not None:
                     on_step(run)
                 end_of_epoch = run.batch_in_epoch == run.steps_per_epoch
@@ -363,7 +393,9 @@ def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str
     except KeyboardInterrupt:
         bar.close()
         save(run)
-        print(f"\ninterrupted at step {run.step}; checkpoint saved. Continue with: scan train --resume --run-dir {run.run_dir}")
+        print(
+            f"\ninterrupted at step {run.step}; checkpoint saved. Continue with: scan train --resume --run-dir {run.run_dir}"
+        )
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)

@@ -207,7 +207,7 @@ def word_panels(
         peaks = [max((h.max(initial=0.0) for h in heats), default=0.0)] * len(heats)
     else:
         peaks = [h.max(initial=0.0) for h in heats]
-    return [brighten(image, h / p if p > 0 else h, floor=floor) for h, p in zip(heats, peaks)]
+    return [brighten(image, h / p if p > 0 else h, floor=floor) for h, p in zip(heats, peaks, strict=False)]
 
 
 def keep_words(words: Sequence[str], skip: Iterable[str] = DEFAULT_SKIP) -> list[int]:
@@ -325,8 +325,13 @@ def draw_word_attention(
     header = 0.0 if title is None else 0.32 * (title.count("\n") + 1) + 0.25
     fig = Figure(figsize=(ncols * panel_inches, nrows * (panel_inches * aspect + title_inches) + header))
     grid = fig.add_gridspec(
-        nrows, ncols, left=0.01, right=0.99, bottom=0.01,
-        top=1 - header / fig.get_figheight(), wspace=0.04,
+        nrows,
+        ncols,
+        left=0.01,
+        right=0.99,
+        bottom=0.01,
+        top=1 - header / fig.get_figheight(),
+        wspace=0.04,
         hspace=title_inches / (panel_inches * aspect),
     )
     for k in range(nrows * ncols):
@@ -339,7 +344,9 @@ def draw_word_attention(
             ax.set_title(words[k - 1], fontsize=15, fontweight="bold")
             if top_boxes > 0:
                 for rank, r in enumerate(np.argsort(-weights[k - 1], kind="stable")[:top_boxes]):
-                    _rectangle(ax, boxes[r], colour="#ffd400", linewidth=1.0, alpha=1.0 - 0.5 * rank / max(top_boxes, 2))
+                    _rectangle(
+                        ax, boxes[r], colour="#ffd400", linewidth=1.0, alpha=1.0 - 0.5 * rank / max(top_boxes, 2)
+                    )
         else:
             ax.set_axis_off()
     if title is not None:
@@ -414,8 +421,15 @@ def draw_region_attention(
     header = 0.0 if title is None else 0.32 * (title.count("\n") + 1) + 0.25
     fig = Figure(figsize=(photo_w + 3.6, rows * row_h + header + 0.1))
     grid = fig.add_gridspec(
-        rows, 2, width_ratios=[photo_w, 2.6], left=0.01, right=0.97, bottom=0.05 / (rows * row_h),
-        top=1 - header / fig.get_figheight(), wspace=0.32, hspace=0.55,
+        rows,
+        2,
+        width_ratios=[photo_w, 2.6],
+        left=0.01,
+        right=0.97,
+        bottom=0.05 / (rows * row_h),
+        top=1 - header / fig.get_figheight(),
+        wspace=0.32,
+        hspace=0.55,
     )
     heat = attention_heatmap(image.shape[:2], boxes[chosen], np.ones(len(chosen)), edge=default_edge(image.shape[:2]))
     photo = fig.add_subplot(grid[:, 0])
@@ -424,8 +438,17 @@ def draw_region_attention(
         colour = _REGION_COLOURS[rank % len(_REGION_COLOURS)]
         _rectangle(photo, boxes[r], colour=colour, linewidth=2.2)
         x1, y1 = float(max(boxes[r][0], 0)), float(max(boxes[r][1], 0))
-        photo.text(x1 + 2, y1 + 2, str(rank + 1), color="white", fontsize=12, fontweight="bold", va="top", ha="left",
-                   bbox={"boxstyle": "square,pad=0.15", "facecolor": colour, "edgecolor": "none"})
+        photo.text(
+            x1 + 2,
+            y1 + 2,
+            str(rank + 1),
+            color="white",
+            fontsize=12,
+            fontweight="bold",
+            va="top",
+            ha="left",
+            bbox={"boxstyle": "square,pad=0.15", "facecolor": colour, "edgecolor": "none"},
+        )
 
         ax = fig.add_subplot(grid[rank, 1])
         order = np.argsort(-weights[r], kind="stable")[:top]  # (top,)

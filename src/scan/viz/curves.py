@@ -53,6 +53,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def split_metrics(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(training, validation)`` records, each sorted by step: validation lines are those with
     ``rsum``, training lines those with ``loss``; anything else (no step) is ignored."""
+
     def by_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return sorted(rows, key=lambda row: row["step"])
 
@@ -110,12 +111,14 @@ def plot_training_curves(
     loss_ax, rsum_ax = fig.subplots(1, 2)
     colours = [f"C{i % 10}" for i in range(len(runs))]
     any_loss = any_rsum = False
-    for colour, (name, path) in zip(colours, runs.items()):
+    for colour, (name, path) in zip(colours, runs.items(), strict=False):
         training, validation = split_metrics(read_metrics(path))
-        points = [(r["step"], r["loss"]) for r in training if isinstance(r["loss"], (int, float)) and math.isfinite(r["loss"])]
+        points = [
+            (r["step"], r["loss"]) for r in training if isinstance(r["loss"], (int, float)) and math.isfinite(r["loss"])
+        ]
         if points:
             any_loss = True
-            steps, loss = (np.array(v, dtype=np.float64) for v in zip(*points))
+            steps, loss = (np.array(v, dtype=np.float64) for v in zip(*points, strict=False))
             loss_ax.plot(steps, loss, color=colour, alpha=0.22, linewidth=0.8)
             window = _auto_window(len(loss)) if smooth is None else smooth
             loss_ax.plot(steps, moving_average(loss, window), color=colour, linewidth=1.8, label=name)
@@ -124,10 +127,25 @@ def plot_training_curves(
             steps = np.array([r["step"] for r in validation], dtype=np.float64)
             rsum = np.array([r["rsum"] for r in validation], dtype=np.float64)
             best = int(np.nanargmax(rsum))
-            rsum_ax.plot(steps, rsum, color=colour, marker="o", markersize=4.5, linewidth=1.4,
-                         label=f"{name} (best {rsum[best]:.1f} @ {int(steps[best])})")
-            rsum_ax.plot(steps[best], rsum[best], color=colour, marker="*", markersize=14, markeredgecolor="black",
-                         markeredgewidth=0.6, zorder=3)
+            rsum_ax.plot(
+                steps,
+                rsum,
+                color=colour,
+                marker="o",
+                markersize=4.5,
+                linewidth=1.4,
+                label=f"{name} (best {rsum[best]:.1f} @ {int(steps[best])})",
+            )
+            rsum_ax.plot(
+                steps[best],
+                rsum[best],
+                color=colour,
+                marker="*",
+                markersize=14,
+                markeredgecolor="black",
+                markeredgewidth=0.6,
+                zorder=3,
+            )
         elif points:
             rsum_ax.plot([], [], color=colour, marker="o", linewidth=1.4, label=f"{name} (no validation)")
 
