@@ -31,7 +31,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
+        with os.fdopen(fd, mode, encoding="utf-8" if mode == "w" else None) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

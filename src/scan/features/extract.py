@@ -198,10 +198,9 @@ def load_image(path: str | Path) -> np.ndarray:
             "silently; set it back to False before extracting"
         )
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            array = _rgb8(im)
+        with Image.open(path) as opened:
+            opened.load()
+            array = _rgb8(ImageOps.exif_transpose(opened))
     except FileNotFoundError:
         raise ImageLoadError(f"{path}: image file not found") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
@@ -589,6 +588,7 @@ def _extract_split(
         boxes_mm = np.lib.format.open_memmap(paths["boxes_partial"], mode="w+", dtype=np.float32, shape=(n, r, 4))
     elif progress:
         _log(f"{split}: resuming an interrupted extraction at image {done} of {n}")
+    assert ims is not None and boxes_mm is not None  # opened for resuming, or created just above
     resumed_from = done
 
     bar = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -166,6 +167,34 @@ def grid_boxes(image_size: tuple[int, int], rows: int, cols: int | None = None) 
     xs = np.linspace(0.0, w, cols + 1)
     out = [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(rows) for c in range(cols)]
     return np.asarray(out, dtype=np.float32).reshape(-1, 4)
+
+
+@overload
+def select_regions(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    *,
+    image_size: tuple[int, int],
+    num_regions: int = ...,
+    iou_threshold: float = ...,
+    min_score: float = ...,
+    min_size: float = ...,
+    return_num_detected: Literal[False] = ...,
+) -> np.ndarray: ...
+
+
+@overload
+def select_regions(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    *,
+    image_size: tuple[int, int],
+    num_regions: int = ...,
+    iou_threshold: float = ...,
+    min_score: float = ...,
+    min_size: float = ...,
+    return_num_detected: Literal[True],
+) -> tuple[np.ndarray, int]: ...
 
 
 def select_regions(

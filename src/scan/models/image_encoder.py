@@ -24,7 +24,7 @@ class ImageEncoder(nn.Module):
         nn.init.zeros_(self.fc.bias)
         if weight_norm:
             # dim=None: one scale for the whole matrix, the authors' EncoderImageWeightNormPrecomp.
-            self.fc = nn.utils.parametrizations.weight_norm(self.fc, dim=None)
+            self.fc = nn.utils.parametrizations.weight_norm(self.fc, dim=None)  # type: ignore[arg-type]  # torch's stub says int; None is documented
         self.normalize = normalize
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

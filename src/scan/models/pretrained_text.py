@@ -91,7 +91,7 @@ def _offline_transformers():
     os.environ["HF_HUB_OFFLINE"] = "1"
     hub_constants = sys.modules.get("huggingface_hub.constants")
     if hub_constants is not None and hasattr(hub_constants, "HF_HUB_OFFLINE"):
-        hub_constants.HF_HUB_OFFLINE = True
+        setattr(hub_constants, "HF_HUB_OFFLINE", True)  # noqa: B010 (a module attribute mypy cannot see)
     try:
         import transformers
     except ImportError as e:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+from typing import Any
 
 import torch
 
@@ -115,6 +116,15 @@ def _kernels():
     if _KERNELS is None:
         _KERNELS = _build_kernels()
     return _KERNELS
+
+
+# Bound by `_build_kernels` on first use: the JIT resolves a kernel's helpers and constants as
+# module globals, and importing triton at module level would make it a hard dependency.
+triton: Any
+tl: Any
+_EPS: Any
+_EPS2: Any
+_NEG: Any
 
 
 def _build_kernels():
@@ -780,10 +790,11 @@ class TritonScanScores(torch.autograd.Function):
                 "bwd", ctx.precision, wp=wp, num_regions=num_regions, embed_dim=embed_dim, options=options
             )
             grad_s = torch.empty(num_images * num_regions, m * wp, dtype=torch.float32, device=regions.device)
-            if direction == "t2i":
+            if grad_image_gram is not None:  # t2i: the context is the image
                 gram, qnorm = img["gram"], cap["norm"]
                 grad_gram, grad_qnorm = grad_image_gram, torch.zeros(m, wp, device=regions.device)
-            else:
+            else:  # i2t: the context is the caption
+                assert grad_image_norm is not None
                 gram, qnorm = cap["gram"], img["norm"]
                 grad_gram, grad_qnorm = torch.zeros(m, wp, wp, device=regions.device), grad_image_norm
             block_grad = grad_scores[:, index].contiguous()
@@ -804,9 +815,9 @@ class TritonScanScores(torch.autograd.Function):
                 grad_words += torch.bmm(grad_gram + grad_gram.transpose(1, 2), words_f)
             keep = min(wp, captions.shape[1])
             grad_captions[index, :keep] += grad_words[:, :keep] * mask[index, :keep, None]
-        if direction == "t2i":
+        if grad_image_gram is not None:  # t2i
             grad_images += torch.bmm(grad_image_gram + grad_image_gram.transpose(1, 2), regions_f)
-        else:
+        if grad_image_norm is not None:  # i2t
             grad_images += grad_image_norm[..., None] * regions_f / regions_f.norm(dim=-1, keepdim=True).clamp(min=EPS)
         return grad_images.to(images.dtype), grad_captions.to(captions.dtype), None, None, None
 

@@ -261,6 +261,8 @@ def save(run: Run, *, is_best: bool = False) -> Path:
 
 def validate(run: Run) -> dict[str, float]:
     """Recall metrics on the validation split (its first `val_max_images` images)."""
+    if run.val_split is None:
+        raise ConfigError("data.val_split is empty: there is no validation split to validate on")
     encoded = encode_split(
         run.model,
         run.val_split,

@@ -65,7 +65,7 @@ def _as_array(x: Any, *, name: str, dtype: type = np.float64) -> np.ndarray:
     """Any array-like (numpy, list, a CPU torch tensor) as a numpy array, checked finite."""
     if hasattr(x, "detach"):  # a torch tensor; no torch import needed
         x = x.detach().cpu().numpy()
-    array = np.asarray(x, dtype=dtype)
+    array: np.ndarray = np.asarray(x, dtype=dtype)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} has non-finite values")
     return array
@@ -224,8 +224,8 @@ def load_photo(path: str | Path, boxes: Any, *, max_width: int | None) -> tuple[
     at most ``max_width`` pixels wide, with ``boxes (R, 4)`` scaled to match."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
+    with Image.open(path) as opened:
+        im = ImageOps.exif_transpose(opened).convert("RGB")
         width, height = im.size
         boxes = _as_array(boxes, name="boxes").reshape(-1, 4).copy()  # (R, 4)
         if max_width is not None and width > max_width:
