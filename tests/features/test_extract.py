@@ -589,3 +589,21 @@ def test_extraction_errors_are_scan_errors(tmp_path):
     pytest.importorskip("PIL")
     with pytest.raises(extract.ImageLoadError, match=r"missing\.jpg: image file not found"):
         extract.load_image(tmp_path / "missing.jpg")
+
+
+@pytest.mark.parametrize(
+    ("settings", "option"),
+    [
+        ({"mode": "grid", "num_regions": 35}, "--num-regions must be a square number"),
+        ({"mode": "boxes"}, "--mode"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"dtype": "float64"}, "--dtype"),
+    ],
+)
+def test_invalid_extraction_settings_are_config_errors_naming_the_option(settings, option):
+    """Before: a bare ValueError, which reached `scan extract` users as a traceback."""
+    from scan.errors import ConfigError
+    from scan.features.extract import ExtractConfig
+
+    with pytest.raises(ConfigError, match=option):
+        ExtractConfig(**settings).validate()

@@ -49,6 +49,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import sys
 import threading
@@ -70,7 +71,7 @@ from scan.data.raw import (
     read_image_folder,
     select_split,
 )
-from scan.errors import DataError, ExtractionError, ScanError
+from scan.errors import ConfigError, DataError, ExtractionError, ScanError
 from scan.features.roi import grid_boxes, grid_size, roi_align, select_regions
 
 __all__ = [
@@ -127,20 +128,30 @@ class ExtractConfig:
     )
 
     def validate(self) -> None:
+        """Check every setting; raises `ConfigError` naming the option (as `scan extract` spells it)."""
+        problems = []
         if self.mode not in ("bottomup", "grid"):
-            raise ValueError(f"mode must be 'bottomup' or 'grid', got {self.mode!r}")
+            problems.append(f"--mode must be 'bottomup' or 'grid', got {self.mode!r}")
         if self.num_regions < 1:
-            raise ValueError(f"num_regions must be positive, got {self.num_regions}")
-        if self.mode == "grid":
-            grid_size(self.num_regions)
+            problems.append(f"--num-regions must be positive, got {self.num_regions}")
+        elif self.mode == "grid" and math.isqrt(self.num_regions) ** 2 != self.num_regions:
+            problems.append(f"--num-regions must be a square number in grid mode (36 is 6 x 6), got {self.num_regions}")
         if self.dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+            problems.append(f"--dtype must be 'float32' or 'float16', got {self.dtype!r}")
         if self.output_stride not in (16, 32):
-            raise ValueError(f"output_stride must be 16 or 32, got {self.output_stride}")
-        if self.batch_size < 1 or self.roi_samples < 1 or self.image_size < 32 or self.workers < 0:
-            raise ValueError("batch_size and roi_samples must be >= 1, image_size >= 32, workers >= 0")
+            problems.append(f"output_stride must be 16 or 32, got {self.output_stride}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.roi_samples < 1:
+            problems.append(f"roi_samples must be >= 1, got {self.roi_samples}")
+        if self.image_size < 32:
+            problems.append(f"--image-size must be >= 32 pixels, got {self.image_size}")
+        if self.workers < 0:
+            problems.append(f"--workers must be >= 0, got {self.workers}")
         if self.captions_per_image < 1:
-            raise ValueError(f"captions_per_image must be >= 1, got {self.captions_per_image}")
+            problems.append(f"captions_per_image must be >= 1, got {self.captions_per_image}")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     def model_fields(self) -> dict[str, Any]:
         """The settings that determine the boxes and features (those of a RegionExtractor)."""
