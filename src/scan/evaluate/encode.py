@@ -13,7 +13,6 @@ not know, and images whose features encode to nothing, are warned about with the
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ from scan.config import Config
 from scan.data.collate import ImageDataset, TextDataset, collate_images, collate_texts
 from scan.data.precomp import PrecompSplit
 from scan.data.vocab import unknown_token_rate
-from scan.errors import DataError, ModelMismatchError
+from scan.errors import ModelMismatchError
+from scan.features.extract import ExtractConfig, extraction_settings
 from scan.models.scan import SCAN
 from scan.runtime import autocast
 
@@ -40,36 +40,7 @@ class EncodedSplit:
     caption_image: np.ndarray  # (M,) image index of each caption
 
 
-# Extraction settings that decide what a feature vector means; the others (dtype, how many
-# captions were written) change how features are stored, not what the model sees.
-FEATURE_SETTINGS = (
-    "mode",
-    "num_regions",
-    "image_size",
-    "max_size",
-    "output_stride",
-    "roi_samples",
-    "detector_threshold",
-    "max_detections",
-    "iou_threshold",
-    "min_score",
-    "min_box_size",
-)
 UNKNOWN_WARNING_RATE = 0.5  # warn when more than this share of the caption words is unknown
-
-
-def _extract_settings(split: PrecompSplit) -> dict[str, Any] | None:
-    path = Path(split.folder) / f"{split.split}_extract.json"
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"unreadable extraction record: {error}", path=path) from None
-    settings = record.get("config") if isinstance(record, dict) else None
-    if not isinstance(settings, dict):
-        raise DataError("expected an object with the extraction settings", path=path, field="config")
-    return settings
 
 
 def check_split_fits_model(config: Config, split: PrecompSplit, *, model_folder: str | Path = "the model") -> None:
@@ -84,13 +55,13 @@ def check_split_fits_model(config: Config, split: PrecompSplit, *, model_folder:
             f"{split.features_path}: features have {split.feature_dim} dims per region, but {model_folder} "
             f"was trained on {config.model.image_dim}-dim features; extract them the way its training data was"
         )
-    made_with = _extract_settings(split)
+    made_with = extraction_settings(split.folder, split.split)
     trained_on = config.data.extract
     if made_with is None or not trained_on:
         return  # released features (no record) on either side: nothing to compare
     differ = [
         f"{key}: {made_with.get(key)!r} here, {trained_on.get(key)!r} in training"
-        for key in FEATURE_SETTINGS
+        for key in ExtractConfig.MODEL_FIELDS  # what decides a feature's meaning, not how it is stored
         if made_with.get(key) != trained_on.get(key)
     ]
     if differ:

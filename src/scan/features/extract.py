@@ -83,6 +83,7 @@ __all__ = [
     "RegionExtractor",
     "extract_dataset",
     "extract_split",
+    "extraction_settings",
     "load_image",
 ]
 
@@ -406,6 +407,29 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 def _write_text_atomic(path: Path, lines: Sequence[str]) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def extraction_settings(folder: str | Path, split: str) -> dict[str, Any] | None:
+    """The settings a split's features were extracted with (`{split}_extract.json`'s `config`).
+
+    Returns:
+        The settings, or None when the split has no extraction record (e.g. the authors'
+        released features).
+
+    Raises:
+        DataError: the record exists but is not readable JSON with a `config` object.
+    """
+    path = Path(folder) / f"{split}_extract.json"
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"unreadable extraction record: {error}", path=path) from None
+    settings = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(settings, dict):
+        raise DataError("expected an object with the extraction settings", path=path, field="config")
+    return settings
 
 
 def _paths(out: Path, split: str) -> dict[str, Path]:

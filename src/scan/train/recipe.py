@@ -33,9 +33,10 @@ from scan.atomic import FolderLock, write_text_atomic
 from scan.config import Config, config_from_dict, dump_config
 from scan.data.collate import CaptionDataset, collate_captions
 from scan.data.precomp import PrecompSplit
-from scan.errors import ConfigError, DataError
+from scan.errors import ConfigError
 from scan.evaluate.encode import encode_split, score_split
 from scan.evaluate.metrics import retrieval_metrics
+from scan.features.extract import extraction_settings
 from scan.losses import triplet_loss
 from scan.models.scan import SCAN, build_model
 from scan.models.tokenizers import build_tokenizer
@@ -153,9 +154,8 @@ def setup(config: Config, *, resume: bool = False) -> Run:
     tokenizer.save(vocab_path)
     config.model.vocab_size = len(tokenizer)
     config.model.image_dim = train_split.feature_dim
-    extract_info = Path(config.data.path) / f"{config.data.train_split}_extract.json"
-    if extract_info.exists():  # features made by `scan extract`: remember how, for new photos
-        config.data.extract = _read_extract_settings(extract_info)
+    # Features made by `scan extract` record how; remember it, to featurise new photos the same way.
+    config.data.extract = extraction_settings(config.data.path, config.data.train_split) or {}
 
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
@@ -187,17 +187,6 @@ def setup(config: Config, *, resume: bool = False) -> Run:
         _restore(run, latest)
     write_text_atomic(run_dir / ckpt.CONFIG_FILE, dump_config(config))
     return run
-
-
-def _read_extract_settings(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"unreadable extraction record: {error}", path=path) from None
-    settings = record.get("config") if isinstance(record, dict) else None
-    if not isinstance(settings, dict):
-        raise DataError("expected an object with the extraction settings", path=path, field="config")
-    return settings
 
 
 def _parse_log_line(line: str) -> dict[str, Any] | None:
