@@ -57,3 +57,11 @@ def test_bad_input_through_the_installed_command(argv, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    """`scan train --print-config | head -1`: the reader leaves early; no BrokenPipeError trace."""
+    command = f"{sys.executable} -m scan train --config f30k_t2i_avg --print-config | head -1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+    assert result.stdout == "data:\n"
+    assert "Traceback" not in result.stderr

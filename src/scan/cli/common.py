@@ -9,6 +9,7 @@ system's refusal of a path the user gave (missing, not permitted) are the user's
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -44,6 +45,10 @@ def report_user_errors(function: Callable[..., int]) -> Callable[..., int]:
         except KeyboardInterrupt:
             print("scan: interrupted", file=sys.stderr)
             return INTERRUPTED
+        except BrokenPipeError:
+            # The reader went away (`scan ... | head`): stop quietly, as the Python docs advise.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
         finally:
             warnings.showwarning = previous
 

@@ -39,9 +39,11 @@ __all__ = [
 
 
 class CaptionEncoder(Protocol):
-    """What the datasets need from a tokenizer: a :class:`scan.data.vocab.Vocabulary`, or any
-    other (e.g. a WordPiece tokenizer) that pads with id 0 and wraps every caption in one start
-    and one end token."""
+    """What the datasets need from a tokenizer.
+
+    A :class:`scan.data.vocab.Vocabulary`, or any other (e.g. a WordPiece tokenizer) that pads
+    with id 0 and wraps every caption in one start and one end token.
+    """
 
     unk_id: int  # the id of words it does not know
 
@@ -217,8 +219,11 @@ def collate_images(items: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Ten
 def collate_texts(
     items: Sequence[tuple[torch.Tensor, int]],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad :class:`TextDataset` items into ``tokens (B, W)``, ``lengths (B,)``, ``mask (B, W)``
-    and ``caption_ids (B,)``."""
+    """Pad :class:`TextDataset` items into a batch.
+
+    Returns:
+        ``tokens (B, W)``, ``lengths (B,)``, ``mask (B, W)`` and ``caption_ids (B,)``.
+    """
     token_ids, ids = zip(*items, strict=True)
     tokens, lengths, mask = pad_token_ids(token_ids)
     return tokens, lengths, mask, torch.tensor(ids, dtype=torch.long)

@@ -195,9 +195,12 @@ class EfficientNetLite0(nn.Module):
 
 
 def resize_shape(height: int, width: int, *, shorter: int, max_longer: int, multiple: int = 32) -> tuple[int, int]:
-    """Deterministic input size: shorter side to ``shorter``, aspect kept, longer side capped at
-    ``max_longer``, each side then rounded to a multiple of ``multiple`` (so the feature-map cells
-    tile the input exactly; the aspect changes by at most a few percent)."""
+    """Deterministic input size for an image of ``height x width`` pixels.
+
+    The shorter side goes to ``shorter``, aspect kept, the longer side capped at ``max_longer``,
+    each side then rounded to a multiple of ``multiple`` (so the feature-map cells tile the input
+    exactly; the aspect changes by at most a few percent).
+    """
     scale = shorter / min(height, width)
     if max(height, width) * scale > max_longer:
         scale = max_longer / max(height, width)

@@ -790,8 +790,9 @@ def extract_dataset(
     test: int | float | None = None,
     seed: int = 0,
 ) -> dict[str, ExtractSummary]:
-    """Extract every split of a collection (a folder or a ``dataset_*.json``; see
-    :func:`scan.data.raw.read_image_folder`).
+    """Extract every split of a collection: a folder, or a ``dataset_*.json``.
+
+    The source is read by :func:`scan.data.raw.read_image_folder`.
 
     Args:
         source: Folder of images with ``dataset_*.json`` or ``captions.txt``, or the JSON itself.

@@ -108,9 +108,11 @@ def roi_align(
 
 
 def _axis_weights(start: torch.Tensor, length: torch.Tensor, bins: int, sr: int, size: int) -> torch.Tensor:
-    """Interpolation matrix ``(K, bins, size)``: row ``i`` averages the ``sr`` bilinear samples of
-    bin ``i`` along one axis, with torchvision's border rules (outside ``[-1, size]``: weight 0;
-    otherwise clamped to the first/last cell)."""
+    """Interpolation matrix ``(K, bins, size)`` of one axis.
+
+    Row ``i`` averages the ``sr`` bilinear samples of bin ``i`` along the axis, with torchvision's
+    border rules (outside ``[-1, size]``: weight 0; otherwise clamped to the first/last cell).
+    """
     K = start.shape[0]
     dtype = start.dtype
     t = (torch.arange(bins * sr, dtype=dtype, device=start.device) + 0.5) / (bins * sr)  # (bins*sr,)

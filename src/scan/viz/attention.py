@@ -220,8 +220,10 @@ def keep_words(words: Sequence[str], skip: Iterable[str] = DEFAULT_SKIP) -> list
 
 
 def load_photo(path: str | Path, boxes: Any, *, max_width: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Read a photo upright (EXIF orientation, as ``scan extract`` saw it) as RGB uint8, shrunk to
-    at most ``max_width`` pixels wide, with ``boxes (R, 4)`` scaled to match."""
+    """Read a photo upright (EXIF orientation, as ``scan extract`` saw it) as RGB uint8.
+
+    It is shrunk to at most ``max_width`` pixels wide, with ``boxes (R, 4)`` scaled to match.
+    """
     from PIL import Image, ImageOps
 
     with Image.open(path) as opened:
@@ -236,8 +238,11 @@ def load_photo(path: str | Path, boxes: Any, *, max_width: int | None) -> tuple[
 
 
 def save_figure(fig: Figure, out_path: str | Path, *, dpi: float) -> Path:
-    """Write ``fig`` as a PNG atomically: a temp file in the same folder, then ``os.replace``, so a
-    reader (a web page, a crashed run's leftovers) never sees half a file."""
+    """Write ``fig`` as a PNG atomically.
+
+    A temp file in the same folder, then ``os.replace``, so a reader (a web page, a crashed run's
+    leftovers) never sees half a file.
+    """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out_path, "wb") as stream:

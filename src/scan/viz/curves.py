@@ -51,8 +51,11 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def split_metrics(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``(training, validation)`` records, each sorted by step: validation lines are those with
-    ``rsum``, training lines those with ``loss``; anything else (no step) is ignored."""
+    """``(training, validation)`` records, each sorted by step.
+
+    Validation lines are those with ``rsum``, training lines those with ``loss``; anything else
+    (no step) is ignored.
+    """
 
     def by_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return sorted(rows, key=lambda row: row["step"])
@@ -64,8 +67,10 @@ def split_metrics(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average over ``window`` points, the window shrinking at the ends (no lag,
-    no padding artefacts, same length as ``values``)."""
+    """Centred moving average over ``window`` points.
+
+    The window shrinks at the ends: no lag, no padding artefacts, the same length as ``values``.
+    """
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     if window <= 1 or n == 0:
