@@ -22,7 +22,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from scan.errors import ConfigError
-from scan.similarity.options import Direction, Norm, Pooling
+from scan.similarity.options import AttentionOptions, Direction, Norm, Pooling
 
 __all__ = [
     "Config",
@@ -72,6 +72,16 @@ class ModelConfig:
     agg: Pooling = "LogSumExp"  # pooling of relevances: LogSumExp, Mean, Max or Sum
     lambda_lse: float = 6.0  # lambda_2 of LogSumExp pooling
     vocab_size: int = 0  # set from the vocabulary at set-up; stored so checkpoints rebuild alone
+
+    def attention(self) -> AttentionOptions:
+        """The attention fields as one checked `AttentionOptions` (a `ConfigError` names a bad field)."""
+        return AttentionOptions(
+            direction=self.direction,
+            norm=self.raw_feature_norm,
+            smooth=self.lambda_softmax,
+            agg=self.agg,
+            lambda_lse=self.lambda_lse,
+        )
 
 
 @dataclass
@@ -170,13 +180,8 @@ def _validate(config: Config) -> None:
         if v < lowest or (v == lowest and not inclusive):
             bound = f">= {lowest}" if inclusive else f"> {lowest}"
             raise ConfigError(f"{dotted}: must be {bound}, got {v!r}")
-    # The attention options are one typed object; building it checks them together.
-    from scan.similarity.options import AttentionOptions
-
     m = config.model
-    AttentionOptions(
-        direction=m.direction, norm=m.raw_feature_norm, smooth=m.lambda_softmax, agg=m.agg, lambda_lse=m.lambda_lse
-    )
+    m.attention()  # the attention options are one typed object; building it checks them together
     from scan.models.registry import TEXT_ENCODERS
 
     if m.text_encoder not in TEXT_ENCODERS:

@@ -40,13 +40,7 @@ def attention_options(config: ModelConfig) -> AttentionOptions:
     Raises:
         ConfigError: Naming the `model.*` field whose value is invalid.
     """
-    return AttentionOptions(
-        direction=config.direction,
-        norm=config.raw_feature_norm,
-        smooth=config.lambda_softmax,
-        agg=config.agg,
-        lambda_lse=config.lambda_lse,
-    )
+    return config.attention()
 
 
 class SCAN(nn.Module):
