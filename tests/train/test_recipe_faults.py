@@ -114,6 +114,12 @@ def test_a_second_trainer_of_the_same_run_directory_is_refused(synthetic_data, t
         assert ready.wait(30)
         with pytest.raises(FolderBusyError, match="scan train, pid"):
             recipe.train(run)
+        # Setting up the same run directory anew must not touch the other trainer's files.
+        log = tmp_path / "run" / "metrics.jsonl"
+        log.write_text('{"step": 1, "loss": 2.0}\n')
+        with pytest.raises(FolderBusyError):
+            recipe.setup(make_config(synthetic_data, tmp_path / "run", "train.max_steps=2"))
+        assert log.read_text() == '{"step": 1, "loss": 2.0}\n'
     finally:
         release.set()
         holder.join(30)

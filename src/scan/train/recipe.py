@@ -136,56 +136,58 @@ def setup(config: Config, *, resume: bool = False) -> Run:
             setattr(getattr(saved, section), name, getattr(getattr(config, section), name))
         config = saved
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:  # lines of an earlier start that died before its first checkpoint: a lost run
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    torch.manual_seed(config.train.seed)
+    # Everything below writes into the run directory: not while another process trains it.
+    with FolderLock(run_dir, purpose="scan train"):
+        if not resume:  # lines of an earlier start that died before its first checkpoint: a lost run
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        torch.manual_seed(config.train.seed)
 
-    if not config.data.path:
-        raise ConfigError("data.path is empty: point it at a folder of {split}_ims.npy and {split}_caps.txt")
-    train_split = PrecompSplit.open(config.data.path, config.data.train_split)
-    val_split = PrecompSplit.open(config.data.path, config.data.val_split) if config.data.val_split else None
+        if not config.data.path:
+            raise ConfigError("data.path is empty: point it at a folder of {split}_ims.npy and {split}_caps.txt")
+        train_split = PrecompSplit.open(config.data.path, config.data.train_split)
+        val_split = PrecompSplit.open(config.data.path, config.data.val_split) if config.data.val_split else None
 
-    vocab_path = run_dir / ckpt.VOCAB_FILE
-    tokenizer = build_tokenizer(
-        config,
-        train_captions=train_split.captions,
-        vocab_file=config.data.vocab or (str(vocab_path) if resume else ""),
-    )
-    tokenizer.save(vocab_path)
-    config.model.vocab_size = len(tokenizer)
-    config.model.image_dim = train_split.feature_dim
-    # Features made by `scan extract` record how; remember it, to featurise new photos the same way.
-    config.data.extract = extraction_settings(config.data.path, config.data.train_split) or {}
+        vocab_path = run_dir / ckpt.VOCAB_FILE
+        tokenizer = build_tokenizer(
+            config,
+            train_captions=train_split.captions,
+            vocab_file=config.data.vocab or (str(vocab_path) if resume else ""),
+        )
+        tokenizer.save(vocab_path)
+        config.model.vocab_size = len(tokenizer)
+        config.model.image_dim = train_split.feature_dim
+        # Features made by `scan extract` record how; remember it, to featurise new photos the same way.
+        config.data.extract = extraction_settings(config.data.path, config.data.train_split) or {}
 
-    device = resolve_device(config.train.device)
-    precision = resolve_precision(config.train.precision, device)
-    model = build_model(config.model).to(device)
-    model.scoring_backend = config.train.scoring_backend
-    model.scoring_precision = config.train.scoring_precision
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.train.lr)
+        device = resolve_device(config.train.device)
+        precision = resolve_precision(config.train.precision, device)
+        model = build_model(config.model).to(device)
+        model.scoring_backend = config.train.scoring_backend
+        model.scoring_precision = config.train.scoring_precision
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=config.train.lr)
 
-    train_set = CaptionDataset(train_split, tokenizer)
-    steps_per_epoch = EpochBatches.batches_per_epoch(len(train_set), config.data.batch_size)
-    total_steps = steps_per_epoch * config.train.epochs
-    if config.train.max_steps > 0:
-        total_steps = min(total_steps, config.train.max_steps)
-    run = Run(
-        config=config,
-        run_dir=run_dir,
-        device=device,
-        precision=precision,
-        model=model,
-        optimizer=optimizer,
-        tokenizer=tokenizer,
-        train_set=train_set,
-        val_split=val_split,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-    )
-    if resume:
-        _restore(run, latest)
-    write_text_atomic(run_dir / ckpt.CONFIG_FILE, dump_config(config))
+        train_set = CaptionDataset(train_split, tokenizer)
+        steps_per_epoch = EpochBatches.batches_per_epoch(len(train_set), config.data.batch_size)
+        total_steps = steps_per_epoch * config.train.epochs
+        if config.train.max_steps > 0:
+            total_steps = min(total_steps, config.train.max_steps)
+        run = Run(
+            config=config,
+            run_dir=run_dir,
+            device=device,
+            precision=precision,
+            model=model,
+            optimizer=optimizer,
+            tokenizer=tokenizer,
+            train_set=train_set,
+            val_split=val_split,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+        )
+        if resume:
+            _restore(run, latest)
+        write_text_atomic(run_dir / ckpt.CONFIG_FILE, dump_config(config))
     return run
 
 
