@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from scan.atomic import fsync_dir
 from scan.errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
@@ -50,14 +51,6 @@ __all__ = [
     "save_checkpoint",
     "set_rng_state",
 ]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -114,11 +107,11 @@ def save_checkpoint(
     for child in tmp.iterdir():
         with open(child, "rb") as handle:
             os.fsync(handle.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     return folder
 
 
@@ -147,7 +140,7 @@ def point_link(link: Path, target: Path) -> None:
         tmp.unlink()
     os.symlink(os.path.relpath(target, link.parent), tmp)
     os.replace(tmp, link)
-    _fsync_dir(link.parent)
+    fsync_dir(link.parent)
 
 
 def read_state(folder: Path) -> dict[str, Any]:
