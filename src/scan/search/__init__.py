@@ -11,5 +11,16 @@ from __future__ import annotations
 
 from scan.search.first_stage import INDEX_KINDS, FirstStageIndex, choose_kind
 from scan.search.store import RegionStore, StoreError
+from scan.search.two_stage import Hit, TwoStageSearch, build_collection, open_collection
 
-__all__ = ["INDEX_KINDS", "FirstStageIndex", "RegionStore", "StoreError", "choose_kind"]
+__all__ = [
+    "INDEX_KINDS",
+    "FirstStageIndex",
+    "Hit",
+    "RegionStore",
+    "StoreError",
+    "TwoStageSearch",
+    "build_collection",
+    "choose_kind",
+    "open_collection",
+]

@@ -1,0 +1,352 @@
+"""Text-to-image search of a collection in two stages: a vector index shortlists, SCAN re-ranks.
+
+A SCAN score attends every word of the query over every region of an image, so it cannot be
+folded into one vector per image and looked up in an index; scoring a whole collection of
+millions of photos for each query would take seconds to minutes. A single global vector per image
+can be searched in milliseconds (faiss), but ranks worse. So search runs in two stages, as LAVIS'
+`k_test` does for BLIP: the `FirstStageIndex` shortlists `shortlist` candidates by the cosine of
+global vectors, then SCAN scores only those candidates with their region vectors (read from the
+`RegionStore`) and the best `k` of them are returned, ranked by SCAN. `exhaustive=True` skips the
+first stage and scores every item, which is exact (and the reference the two stages are checked
+against) but slow on a large collection.
+
+A collection built by `build_collection` lives in one folder:
+
+    regions/                 the RegionStore (a folder of its own: see scan.search.store)
+    first_stage.faiss        the FirstStageIndex over the items' global vectors (plus its siblings)
+
+The global vectors are, for now, the mean of an item's region (or word) vectors, L2-normalised:
+SCAN was not trained for them, so they are a fallback until a trained global head replaces them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scan import checkpoint as ckpt
+from scan.data.precomp import PrecompSplit
+from scan.errors import ConfigError, DataError
+from scan.models.loading import TrainedModel
+from scan.search.first_stage import FirstStageIndex
+from scan.search.store import RegionStore
+
+__all__ = [
+    "EXHAUSTIVE_BLOCK",
+    "INDEX_FILE",
+    "STORE_FOLDER",
+    "Hit",
+    "TwoStageSearch",
+    "build_collection",
+    "global_image_vectors",
+    "global_text_vector",
+    "model_fingerprint",
+    "open_collection",
+]
+
+STORE_FOLDER = "regions"  # the RegionStore of a collection folder (a store needs a folder of its own)
+INDEX_FILE = "first_stage.faiss"  # the FirstStageIndex of a collection folder
+EXHAUSTIVE_BLOCK = 4096  # items scored at once by an exhaustive search: bounds its memory
+ENCODE_BATCH = 128  # images encoded at once by build_collection
+_EPS = 1e-12
+
+
+# ---------------------------------------------------------------------------------- global vectors
+
+
+def _unit_rows(vectors: torch.Tensor) -> torch.Tensor:
+    """L2-normalise the last dimension; a zero row stays zero (the index refuses it, loudly)."""
+    return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+def global_image_vectors(regions: torch.Tensor) -> torch.Tensor:
+    """The first-stage vector of each image: the mean of its region vectors, L2-normalised.
+
+    This is the fallback until a trained global head gives SCAN models a proper global vector;
+    the mean of unit region vectors is a weak but cheap summary of an image.
+
+    Args:
+        regions: `(N, R, D)` encoded region vectors.
+
+    Returns:
+        `(N, D)` float32 unit vectors.
+    """
+    return _unit_rows(regions.float().mean(dim=1))  # (N, D)
+
+
+def global_text_vector(words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The first-stage vector of each caption: the mean of its real words, L2-normalised.
+
+    Args:
+        words: `(M, W, D)` encoded word vectors, padded.
+        mask: `(M, W)` True (or 1) at real words.
+
+    Returns:
+        `(M, D)` float32 unit vectors.
+    """
+    weights = mask.to(torch.float32).unsqueeze(-1)  # (M, W, 1)
+    total = (words.float() * weights).sum(dim=1)  # (M, D)
+    count = weights.sum(dim=1).clamp_min(1.0)  # (M, 1)
+    return _unit_rows(total / count)  # (M, D)
+
+
+# ---------------------------------------------------------------------------------- search
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result.
+
+    Attributes:
+        id: The item's id in the `RegionStore`.
+        score: Its SCAN score against the query (what results are ranked by).
+        first_stage_score: Its cosine in the first stage, or None when the search was exhaustive.
+        path: The item's relative path, as recorded in the store.
+    """
+
+    id: int
+    score: float
+    first_stage_score: float | None
+    path: str
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+class TwoStageSearch:
+    """Search a collection for the images that best match a text, shortlisting then re-ranking.
+
+        search = TwoStageSearch(load_model(run_dir), *open_collection(folder))
+        hits = search.search("a dog runs on the beach", k=10, shortlist=100)
+
+    The store and the index must hold the same items under the same ids, with vectors made by
+    `model` (`build_collection` makes such a pair). Removing an item from the store means
+    removing it from the index too; otherwise a shortlist naming it fails with a StoreError.
+
+    Args:
+        model: The trained model whose encoders made the store's region vectors.
+        store: The items' region vectors.
+        index: The items' global vectors, under the store's ids.
+
+    Raises:
+        DataError: the store, the index and the model disagree on the vector dimension.
+    """
+
+    def __init__(self, model: TrainedModel, store: RegionStore, index: FirstStageIndex) -> None:
+        dim = int(model.config.model.embed_dim)
+        if store.dim != dim:
+            raise DataError(f"the region store holds {store.dim}-dim vectors, the model makes {dim}", field="dim")
+        if index.dim != dim:
+            raise DataError(f"the first-stage index holds {index.dim}-dim vectors, the model makes {dim}", field="dim")
+        self.model = model
+        self.store = store
+        self.index = index
+
+    def encode_query(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize and encode a query.
+
+        Returns:
+            `(1, W, D)` float32 word vectors and `(1,)` lengths, on the CPU.
+
+        Raises:
+            ConfigError: the query is empty or whitespace, or the vocabulary knows none of its words.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"query must be a non-empty text, got {text!r}")
+        tokenizer = self.model.tokenizer
+        ids = tokenizer.encode(text)  # wrapped in the start and end ids
+        inner = ids[1:-1]
+        unk = getattr(tokenizer, "unk_id", None)
+        if not inner or (unk is not None and all(token == unk for token in inner)):
+            raise ConfigError(
+                f"query {text!r}: every word is unknown to the model's vocabulary; nothing to search with"
+            )
+        net = self.model.model
+        device = _model_device(net)
+        tokens = torch.tensor([ids], dtype=torch.long)  # (1, W)
+        lengths = torch.tensor([len(ids)], dtype=torch.long)  # (1,)
+        with torch.no_grad():
+            words, _mask = net.encode_text(tokens.to(device), lengths.to(device))  # (1, W, D), (1, W)
+        return words.float().cpu(), lengths
+
+    def _scan_scores(self, ids: Sequence[int], words: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+        """SCAN scores of store items `ids` against one encoded query: `(len(ids),)` float32."""
+        regions = torch.from_numpy(self.store.vectors(ids).astype(np.float32))  # (n, R, D)
+        device = _model_device(self.model.model)
+        scores = self.model.model.score_matrix(regions.to(device), words, lengths)  # (n, 1)
+        return scores[:, 0].numpy().astype(np.float32)  # (n,)
+
+    def search(self, text: str, *, k: int = 10, shortlist: int = 100, exhaustive: bool = False) -> list[Hit]:
+        """The `k` items that best match `text`, best first, ranked by SCAN score.
+
+        With `k` above the number of items (or above the shortlist's size), every candidate is
+        returned: fewer than `k` hits, not an error. Equal SCAN scores are ordered by id.
+
+        Args:
+            text: The query.
+            k: Hits wanted, >= 1.
+            shortlist: Candidates the first stage passes to SCAN, >= k. More is slower and closer
+                to the exhaustive ranking; the size of the collection gives exactly that ranking
+                (when the index is exact).
+            exhaustive: Score every live item of the store with SCAN and skip the first stage.
+
+        Returns:
+            Up to `k` hits, highest SCAN score first.
+
+        Raises:
+            ConfigError: `k` or `shortlist` is not a positive integer, `shortlist` < `k`, or the
+                query is empty or made only of unknown words.
+        """
+        for name, value in (("k", k), ("shortlist", shortlist)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if shortlist < k:
+            raise ConfigError(f"shortlist must be at least k ({k}), got {shortlist}")
+        words, lengths = self.encode_query(text)  # (1, W, D), (1,)
+
+        first: np.ndarray | None
+        if exhaustive:
+            all_ids = self.store.ids()
+            candidates = np.asarray(all_ids, dtype=np.int64)  # (n,)
+            first = None
+            blocks = [
+                self._scan_scores(all_ids[start : start + EXHAUSTIVE_BLOCK], words, lengths)
+                for start in range(0, len(all_ids), EXHAUSTIVE_BLOCK)
+            ]
+            scores = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)  # (n,)
+        else:
+            mask = torch.ones(words.shape[:2], dtype=torch.bool)  # (1, W): one unpadded query
+            query = global_text_vector(words, mask).numpy()  # (1, D)
+            first_scores, first_ids = self.index.search(query, int(shortlist))  # (1, s), (1, s)
+            candidates, first = first_ids[0], first_scores[0]  # (s,), (s,)
+            scores = self._scan_scores(candidates.tolist(), words, lengths)  # (s,)
+
+        order = np.lexsort((candidates, -scores))[: int(k)]  # by score, then id
+        return [
+            Hit(
+                id=int(candidates[i]),
+                score=float(scores[i]),
+                first_stage_score=None if first is None else float(first[i]),
+                path=str(self.store.item(int(candidates[i]))["path"]),
+            )
+            for i in order.tolist()
+        ]
+
+
+# ---------------------------------------------------------------------------------- building
+
+
+def model_fingerprint(model: TrainedModel) -> str:
+    """A provisional fingerprint of a model: its folder and its weights file's size and mtime.
+
+    Provisional: it changes when the folder moves or the weights are rewritten unchanged, and a
+    content hash of the weights (or one recorded at training) should replace it.
+    """
+    folder = Path(model.folder).resolve()
+    weights = folder / ckpt.MODEL_FILE
+    try:
+        stat = weights.stat()
+    except OSError:
+        return f"{folder}:no-weights"
+    return f"{folder}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _read_batch(features: np.ndarray | PrecompSplit, rows: range) -> np.ndarray:
+    if isinstance(features, PrecompSplit):
+        return np.stack([features.image_features(i) for i in rows])  # (n, R, F)
+    return np.asarray(features[rows.start : rows.stop], dtype=np.float32)  # (n, R, F)
+
+
+def build_collection(
+    model: TrainedModel,
+    features: np.ndarray | PrecompSplit,
+    paths: Sequence[str | os.PathLike[str]],
+    hashes: Sequence[str],
+    folder: str | os.PathLike[str],
+    *,
+    batch_size: int = ENCODE_BATCH,
+) -> tuple[RegionStore, FirstStageIndex]:
+    """Encode a collection's images and write its region store and first-stage index.
+
+    The store goes to `folder/regions` and the index to `folder/first_stage.faiss`; reopen them
+    with `open_collection(folder)`. Items get store ids in input order (0, 1, ... in a new
+    store), except duplicates by content hash, which the store skips.
+
+    Args:
+        model: The trained model to encode with.
+        features: `(N, R, F)` region features, or a `PrecompSplit` (all of its images, in order).
+        paths: N relative paths, one per image.
+        hashes: N sha256 content hashes, one per image.
+        folder: Where the collection goes; its `regions` subfolder must not exist or be empty.
+        batch_size: Images encoded at once.
+
+    Returns:
+        The store and the index, ready for `TwoStageSearch`.
+
+    Raises:
+        DataError: the features are not `(N, R, F)` with the model's F, or do not match `paths`
+            and `hashes` in number (StoreError, a DataError, for what the store refuses).
+        ConfigError: `batch_size` is not positive.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    image_dim = int(model.config.model.image_dim)
+    if isinstance(features, PrecompSplit):
+        shape: tuple[int, ...] = (features.num_images, features.num_regions, features.feature_dim)
+    else:
+        shape = tuple(np.shape(features))
+    if len(shape) != 3 or shape[2] != image_dim or shape[0] == 0:
+        raise DataError(f"expected (N, R, {image_dim}) region features with N >= 1, got {shape}", field="features")
+    if len(paths) != shape[0] or len(hashes) != shape[0]:
+        raise DataError(f"{shape[0]} images but {len(paths)} paths and {len(hashes)} hashes", field="paths")
+    net = model.model
+    net.eval()
+    device = _model_device(net)
+    folder = Path(folder)
+    store = RegionStore.create(
+        folder / STORE_FOLDER,
+        num_regions=shape[1],
+        dim=int(model.config.model.embed_dim),
+        model_fingerprint=model_fingerprint(model),
+    )
+    all_ids: list[int] = []
+    globals_: list[np.ndarray] = []
+    for start in range(0, shape[0], batch_size):
+        rows = range(start, min(start + batch_size, shape[0]))
+        batch = torch.from_numpy(_read_batch(features, rows))  # (n, R, F)
+        with torch.no_grad():
+            regions = net.encode_image(batch.to(device)).float().cpu()  # (n, R, D)
+        ids = store.append(regions.numpy(), list(paths[rows.start : rows.stop]), list(hashes[rows.start : rows.stop]))
+        if not ids:
+            continue
+        kept = [store.item(i)["sha256"] for i in ids]
+        position: dict[str, int] = {}
+        for row, sha in enumerate(hashes[rows.start : rows.stop]):
+            position.setdefault(sha, row)  # the store keeps the first of repeated hashes
+        keep = [position[sha] for sha in kept]  # the rows the store took (duplicates skipped)
+        globals_.append(global_image_vectors(regions[keep]).numpy())  # (m, D)
+        all_ids.extend(ids)
+    vectors = np.concatenate(globals_)  # (N', D)
+    index = FirstStageIndex.build(vectors, np.asarray(all_ids, dtype=np.int64), kind="auto")
+    index.save(folder / INDEX_FILE)
+    return store, index
+
+
+def open_collection(folder: str | os.PathLike[str]) -> tuple[RegionStore, FirstStageIndex]:
+    """Reopen a collection written by `build_collection`: its store and its index.
+
+    Raises:
+        StoreError: the store is missing or malformed.
+        DataError: the index is missing or malformed, or its dimension is not the store's.
+    """
+    folder = Path(folder)
+    store = RegionStore.open(folder / STORE_FOLDER)
+    index = FirstStageIndex.load(folder / INDEX_FILE, expected_dim=store.dim)
+    return store, index
