@@ -6,6 +6,9 @@ scan.similarity, ...); everything more than one folder needs lives here.
 
 from __future__ import annotations
 
+import multiprocessing
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,31 @@ def tiny_run(synthetic_data, tmp_path_factory) -> Path:
     config = load_config(SYNTHETIC_CONFIG, [f"data.path={synthetic_data}", f"train.run_dir={run_dir}", *TINY])
     recipe.train(recipe.setup(config))
     return run_dir
+
+
+def _hold_folder_lock(folder: str, purpose: str, ready, release) -> None:
+    from scan.atomic import FolderLock
+
+    with FolderLock(folder, purpose=purpose):
+        ready.set()
+        release.wait(60)
+
+
+@contextmanager
+def _locked_elsewhere(folder: str | Path, purpose: str) -> Iterator[None]:
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_folder_lock, args=(str(folder), purpose, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60), "the lock-holding process did not start"
+        yield
+    finally:
+        release.set()
+        holder.join(30)
+
+
+@pytest.fixture
+def locked_elsewhere() -> Callable[[str | Path, str], AbstractContextManager[None]]:
+    """`with locked_elsewhere(folder, "scan train"):` another process holds the folder's lock inside."""
+    return _locked_elsewhere

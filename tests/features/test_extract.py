@@ -516,36 +516,18 @@ def test_load_image_16_bit_rgb(tmp_path):
     np.testing.assert_array_equal(array, np.dstack([ramp8, ramp8[::-1], np.full_like(ramp8, 255)]))
 
 
-def _hold_lock(folder: Path, ready, release) -> None:
-    from scan.atomic import FolderLock
-
-    with FolderLock(folder, purpose="another scan extract"):
-        ready.set()
-        release.wait(30)
-
-
-def test_second_extraction_into_one_folder_is_refused(tmp_path):
-    import multiprocessing
-
+def test_second_extraction_into_one_folder_is_refused(tmp_path, locked_elsewhere):
     from scan.errors import FolderBusyError
     from scan.features.extract import extract_dataset, extract_split
 
     records = [ImageRecord("a.jpg", tmp_path / "a.jpg", "test", ["a caption ."] * 5)]
     out = tmp_path / "out"
-    context = multiprocessing.get_context("spawn")
-    ready, release = context.Event(), context.Event()
-    holder = context.Process(target=_hold_lock, args=(out, ready, release))
-    holder.start()
-    try:
-        assert ready.wait(60), "the lock-holding process did not start"
+    with locked_elsewhere(out, "another scan extract"):
         with pytest.raises(FolderBusyError, match=rf"{out}: in use by another process \(another scan extract, pid"):
             extract_dataset(tmp_path, out, _config(mode="grid"), ["test"], progress=False, records=records)
         with pytest.raises(FolderBusyError, match="another scan extract"):
             extract_split(records, out, "test", _config(mode="grid"), progress=False)
         assert not list(out.glob("test_*"))  # nothing was written beside the other run's files
-    finally:
-        release.set()
-        holder.join(30)
     from scan.atomic import FolderLock
 
     with FolderLock(out):  # the refused runs left no lock of their own behind

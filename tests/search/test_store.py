@@ -2,13 +2,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from scan.atomic import FolderLock
 from scan.errors import DataError, FolderBusyError, ScanError
 from scan.search import RegionStore, StoreError
 from scan.search import store as store_module
@@ -197,25 +195,11 @@ def test_boxes_of_the_wrong_shape_are_refused(tmp_path):
         store.append(*batch(["a"]), boxes=np.zeros((1, R, 3), np.float32))
 
 
-def _hold_lock(folder: str, ready, release) -> None:
-    with FolderLock(folder, purpose="scan index"):
-        ready.set()
-        release.wait(30)
-
-
-def test_another_process_holding_the_lock_makes_updates_wait_their_turn(tmp_path):
+def test_another_process_holding_the_lock_makes_updates_wait_their_turn(tmp_path, locked_elsewhere):
     store = new_store(tmp_path / "index")
-    context = multiprocessing.get_context("spawn")
-    ready, release = context.Event(), context.Event()
-    holder = context.Process(target=_hold_lock, args=(str(tmp_path / "index"), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(30)
+    with locked_elsewhere(tmp_path / "index", "scan index"):
         with pytest.raises(FolderBusyError, match="scan index, pid"):
             store.append(*batch(["a"]))
         with pytest.raises(FolderBusyError):
             store.remove([])
-    finally:
-        release.set()
-        holder.join(30)
     assert store.append(*batch(["a"])) == [0]  # the lock went with its holder

@@ -83,3 +83,11 @@ def reference_scores(
             row.append(_pool(relevance, agg, lambda_lse))
         rows.append(torch.stack(row))
     return torch.stack(rows)
+
+
+def reference(images: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, opts) -> torch.Tensor:
+    """`reference_scores` with the options of an `AttentionOptions`-like object (read, not imported)."""
+    return reference_scores(
+        images, captions, lengths,
+        direction=opts.direction, norm=opts.norm, smooth=opts.smooth, agg=opts.agg, lambda_lse=opts.lambda_lse,
+    )  # fmt: skip

@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_scan import reference_scores
+from reference_scan import reference
 
 from scan.errors import BackendError, ConfigError
 from scan.similarity import dispatch
@@ -40,13 +40,6 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def options(direction, norm="clipped_l2norm", agg="LogSumExp") -> AttentionOptions:
     return AttentionOptions(direction=direction, norm=norm, smooth=LAMBDA[direction], agg=agg, lambda_lse=6.0)
-
-
-def reference(images, captions, lengths, opts: AttentionOptions):
-    return reference_scores(
-        images, captions, lengths,
-        direction=opts.direction, norm=opts.norm, smooth=opts.smooth, agg=opts.agg, lambda_lse=opts.lambda_lse,
-    )  # fmt: skip
 
 
 def test_cpu_has_only_the_torch_backend():

@@ -8,7 +8,7 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_scan import reference_scores
+from reference_scan import reference
 
 from scan.errors import ConfigError
 from scan.similarity.functional import attend, cosine, normalize_raw_scores, pool
@@ -32,13 +32,6 @@ def random_inputs(seed: int, *, n=3, m=4, r=5, w=7, d=6, dtype=torch.float64):
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
-
-
-def reference(images, captions, lengths, opts: AttentionOptions):
-    return reference_scores(
-        images, captions, lengths,
-        direction=opts.direction, norm=opts.norm, smooth=opts.smooth, agg=opts.agg, lambda_lse=opts.lambda_lse,
-    )  # fmt: skip
 
 
 @pytest.mark.parametrize("direction,norm,agg", list(itertools.product(("t2i", "i2t"), NORMS, POOLINGS)))

@@ -22,7 +22,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
-from reference_scan import reference_scores
+from reference_scan import reference
 
 from scan.similarity import dispatch
 from scan.similarity import triton as tri
@@ -55,13 +55,6 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def options(direction: str, norm: str = "clipped_l2norm", agg: str = "LogSumExp") -> AttentionOptions:
     return AttentionOptions(direction=direction, norm=norm, smooth=LAMBDA[direction], agg=agg, lambda_lse=6.0)
-
-
-def reference(images, captions, lengths, opts: AttentionOptions):
-    return reference_scores(
-        images, captions, lengths,
-        direction=opts.direction, norm=opts.norm, smooth=opts.smooth, agg=opts.agg, lambda_lse=opts.lambda_lse,
-    )  # fmt: skip
 
 
 # What the tables say the kernels implement; the tests below check the kernels against that.

@@ -4,7 +4,6 @@ second trainer of the same run, and the temporaries a killed save leaves behind.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import pytest
 import torch
 
 from scan import checkpoint as ckpt
-from scan.atomic import FolderLock
 from scan.config import load_config
 from scan.errors import ConfigError, FolderBusyError
 from scan.train import recipe
@@ -98,20 +96,9 @@ def test_orphaned_temporaries_are_removed_at_the_next_save(synthetic_data, tmp_p
     assert (checkpoints / "latest").resolve().name == "step-00000003"
 
 
-def _hold_lock(folder: str, ready, release) -> None:
-    with FolderLock(folder, purpose="scan train"):
-        ready.set()
-        release.wait(30)
-
-
-def test_a_second_trainer_of_the_same_run_directory_is_refused(synthetic_data, tmp_path):
+def test_a_second_trainer_of_the_same_run_directory_is_refused(synthetic_data, tmp_path, locked_elsewhere):
     run = recipe.setup(make_config(synthetic_data, tmp_path / "run", "train.max_steps=2"))
-    context = multiprocessing.get_context("spawn")
-    ready, release = context.Event(), context.Event()
-    holder = context.Process(target=_hold_lock, args=(str(tmp_path / "run"), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(30)
+    with locked_elsewhere(tmp_path / "run", "scan train"):
         with pytest.raises(FolderBusyError, match="scan train, pid"):
             recipe.train(run)
         # Setting up the same run directory anew must not touch the other trainer's files.
@@ -120,9 +107,6 @@ def test_a_second_trainer_of_the_same_run_directory_is_refused(synthetic_data, t
         with pytest.raises(FolderBusyError):
             recipe.setup(make_config(synthetic_data, tmp_path / "run", "train.max_steps=2"))
         assert log.read_text() == '{"step": 1, "loss": 2.0}\n'
-    finally:
-        release.set()
-        holder.join(30)
     recipe.train(run)  # the lock went with its holder
     assert run.step == 2
     weights = ckpt.load_file(str(tmp_path / "run" / "checkpoints" / "latest" / ckpt.MODEL_FILE))
