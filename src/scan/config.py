@@ -25,6 +25,7 @@ from scan.errors import ConfigError
 from scan.similarity.options import AttentionOptions, Direction, Norm, Pooling
 
 __all__ = [
+    "SAVED_CONFIG_FALLBACKS",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -33,6 +34,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "dump_config",
+    "fields_saved_before_they_existed",
     "find_config",
     "load_config",
     "packaged_configs",
@@ -72,6 +74,10 @@ class ModelConfig:
     agg: Pooling = "LogSumExp"  # pooling of relevances: LogSumExp, Mean, Max or Sum
     lambda_lse: float = 6.0  # lambda_2 of LogSumExp pooling
     vocab_size: int = 0  # set from the vocabulary at set-up; stored so checkpoints rebuild alone
+    # A trained global vector per image and caption (`GlobalHead`), the first stage of two-stage
+    # search; ignored by the `vse` baseline, whose score already is global. A saved config without
+    # this key predates the head and reads as false (`SAVED_CONFIG_FALLBACKS`).
+    global_head: bool = True
 
     def attention(self) -> AttentionOptions:
         """The attention fields as one checked `AttentionOptions` (a `ConfigError` names a bad field)."""
@@ -91,6 +97,7 @@ class TrainConfig:
     lr_decay_epochs: int = 15  # multiply the learning rate by lr_decay after this many epochs
     lr_decay: float = 0.1  # step-decay factor
     margin: float = 0.2  # alpha of the hinge triplet loss
+    global_loss_weight: float = 1.0  # weight of the global head's triplet term (0: head not trained)
     max_violation: bool = True  # hardest negative only (VSE++); False sums over all negatives
     sum_negatives_epochs: int = 0  # first epochs sum over all negatives before hardest-only (small data)
     grad_clip: float = 2.0  # clip the global gradient norm to this (0: no clipping)
@@ -154,6 +161,7 @@ _RANGES: tuple[tuple[str, float, bool], ...] = (
     ("train.lr_decay_epochs", 0, True),
     ("train.lr_decay", 0, False),
     ("train.margin", 0, True),
+    ("train.global_loss_weight", 0, True),
     ("train.sum_negatives_epochs", 0, True),
     ("train.grad_clip", 0, True),
     ("train.val_every_steps", 0, True),
@@ -289,9 +297,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return apply_overrides(config, overrides or []).validate()
 
 
+# Fields added after runs had been saved without them, with the value those runs had in effect.
+# A saved config that lacks one was written before the field existed: it means this value, not
+# the field's new default (a model trained without a global head has no head weights to load).
+SAVED_CONFIG_FALLBACKS: dict[str, Any] = {"model.global_head": False}
+
+
+def fields_saved_before_they_existed(values: dict[str, Any]) -> set[str]:
+    """The `SAVED_CONFIG_FALLBACKS` fields that the saved `to_dict()` form `values` lacks."""
+    missing = set()
+    for dotted in SAVED_CONFIG_FALLBACKS:
+        section, key = dotted.split(".")
+        fields = values.get(section) if isinstance(values, dict) else None
+        if not isinstance(fields, dict) or key not in fields:
+            missing.add(dotted)
+    return missing
+
+
 def config_from_dict(values: dict[str, Any], *, source: str = "checkpoint") -> Config:
-    """A validated config from its `to_dict()` form (a run's `config.yaml`, a checkpoint's state)."""
-    return update_config(Config(), values, source=source).validate()
+    """A validated config from its `to_dict()` form (a run's `config.yaml`, a checkpoint's state).
+
+    Fields the saved form predates take their `SAVED_CONFIG_FALLBACKS` value, so an older run
+    rebuilds the model it trained.
+    """
+    config = update_config(Config(), values, source=source)
+    for dotted in fields_saved_before_they_existed(values):
+        section, key = dotted.split(".")
+        setattr(getattr(config, section), key, SAVED_CONFIG_FALLBACKS[dotted])
+    return config.validate()
 
 
 def dump_config(config: Config) -> str:

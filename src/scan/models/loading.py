@@ -59,6 +59,8 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Train
         values = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{config_path}: unreadable config: {error}") from None
+    # A config.yaml without `model.global_head` predates the head: it reads as false, so the model
+    # is rebuilt without one and its weights load (`config_from_dict`'s saved-config fallbacks).
     config = config_from_dict(values, source=str(config_path))
     # Never `train_captions`: a model folder without its vocabulary is an error, not a fresh one.
     tokenizer = build_tokenizer(config, train_captions=None, vocab_file=folder / ckpt.VOCAB_FILE)
@@ -66,3 +68,12 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Train
     ckpt.load_weights(folder, model)
     model.to(device).eval()
     return TrainedModel(model=model, tokenizer=tokenizer, config=config, folder=folder)
+
+
+def has_global_head(model: SCAN) -> bool:
+    """Whether `model` carries a trained `GlobalHead` (one vector per item, for a first-stage index).
+
+    Models trained before the head existed, with `model.global_head=false`, and the `vse`
+    baseline have none; a search over them shortlists some other way (the baseline's own vectors).
+    """
+    return getattr(model, "global_head", None) is not None

@@ -3,7 +3,9 @@
 `encode_image` and `encode_text` map raw inputs to sets of unit vectors; `similarity` scores
 every image of one set against every caption of another with Stacked Cross Attention (paper
 section 3.1 for i2t, 3.2 for t2i). Evaluation and retrieval encode a gallery once and call
-`score_matrix`; training calls `forward`, which returns the batch's `(B, B)` score matrix.
+`score_matrix`; training calls `forward`, which returns the batch's `(B, B)` score matrix, or
+`forward_with_global`, which also returns the cosines of the trained global vectors
+(`GlobalHead`, the first stage of two-stage search) from the same encoding of the batch.
 
 `GlobalEmbedding` is the VSE++-style baseline the paper compares against: regions and words
 mean-pooled into one vector each, scored by cosine. It shares the encoders and the interface
@@ -12,12 +14,15 @@ mean-pooled into one vector each, scored by cosine. It shares the encoders and t
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from scan.config import ModelConfig
 from scan.errors import ConfigError
+from scan.models.global_head import GlobalHead
 from scan.models.image_encoder import ImageEncoder
 from scan.models.registry import text_encoder
 from scan.similarity import dispatch
@@ -46,6 +51,9 @@ def attention_options(config: ModelConfig) -> AttentionOptions:
 class SCAN(nn.Module):
     """Stacked Cross Attention between image regions and caption words."""
 
+    # Whether `model.global_head` builds a `GlobalHead` for this architecture.
+    supports_global_head: ClassVar[bool] = True
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -55,6 +63,11 @@ class SCAN(nn.Module):
             image_dim=config.image_dim, embed_dim=config.embed_dim, weight_norm=config.image_weight_norm
         )
         self.text_encoder = build_text_encoder(config)
+        # Built after the encoders and without drawing random numbers: their initialisation under
+        # a seed is the same with and without the head.
+        self.global_head: GlobalHead | None = (
+            GlobalHead(config.embed_dim) if config.global_head and self.supports_global_head else None
+        )
         self.scoring_backend = "auto"  # set by the caller: "auto", "torch" or "triton"
         self.scoring_precision = "auto"  # "auto", "fp32" (exact), "tf32" or "bf16"
 
@@ -121,9 +134,28 @@ class SCAN(nn.Module):
         captions, mask = self.encode_text(tokens, lengths)  # (B, W, D), (B, W)
         return self.similarity(images, captions, mask)
 
+    def forward_with_global(
+        self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A training batch -> its `(B, B)` SCAN scores and `(B, B)` global cosines (None without a head).
+
+        Both come from one encoding of the batch, so the head's loss also trains the encoders
+        SCAN scores with, at the cost of two small matrix products.
+        """
+        images = self.encode_image(features)  # (B, R, D)
+        captions, mask = self.encode_text(tokens, lengths)  # (B, W, D), (B, W)
+        scores = self.similarity(images, captions, mask)  # (B, B)
+        if self.global_head is None:
+            return scores, None
+        image_vectors = self.global_head.image(images).float()  # (B, D)
+        caption_vectors = self.global_head.text(captions, mask).float()  # (B, D)
+        return scores, image_vectors @ caption_vectors.T  # (B, B)
+
 
 class GlobalEmbedding(SCAN):
     """VSE++-style baseline: mean-pooled regions and words, one unit vector each, cosine score."""
+
+    supports_global_head = False  # its score already is a global cosine: nothing to add
 
     def encode_image(self, features: torch.Tensor) -> torch.Tensor:
         regions = self.image_encoder(features)  # (N, R, D)

@@ -1,7 +1,9 @@
 """The training recipe: setup, train, validate, save, as flat functions (paper section 4.1).
 
-Adam with step decay, gradient-norm clipping, the hardest-negative triplet loss, validation
-rsum at the end of every epoch (and every N steps if asked), the best checkpoint kept by rsum.
+Adam with step decay, gradient-norm clipping, the hardest-negative triplet loss (plus the same
+loss on the global head's cosines, weighted by `train.global_loss_weight`, when the model has
+that first-stage head), validation rsum at the end of every epoch (and every N steps if asked),
+the best checkpoint kept by rsum.
 Everything a run needs to continue is checkpointed: model, optimizer, step, epoch, position
 inside the epoch, best rsum and RNG state, so `scan train --resume` after a crash or Ctrl-C
 finishes with exactly the steps an uninterrupted run takes. The run directory holds the
@@ -20,6 +22,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ from tqdm import tqdm
 
 from scan import checkpoint as ckpt
 from scan.atomic import FolderLock, write_text_atomic
-from scan.config import Config, config_from_dict, dump_config
+from scan.config import Config, config_from_dict, dump_config, fields_saved_before_they_existed
 from scan.data.collate import CaptionDataset, collate_captions
 from scan.data.precomp import PrecompSplit
 from scan.errors import ConfigError
@@ -99,13 +102,19 @@ def _same_path(a: str, b: str) -> bool:
     return a == b or (bool(a) and bool(b) and Path(a).expanduser().resolve() == Path(b).expanduser().resolve())
 
 
-def _config_differences(saved: Config, wanted: Config) -> list[str]:
+def _config_differences(saved: Config, wanted: Config, *, predated: AbstractSet[str] = frozenset()) -> list[str]:
+    """What `wanted` changes in `saved`, beyond what a resumption may change.
+
+    Args:
+        predated: fields the saved config was written without (it predates them); the run keeps
+            the value it was trained with, whatever the wanted config's new default says.
+    """
     out = []
     saved_values = saved.to_dict()
     for section, values in wanted.to_dict().items():
         for key, value in values.items():
             dotted, old = f"{section}.{key}", saved_values[section][key]
-            if dotted in RESUMABLE_FIELDS | DERIVED_FIELDS or old == value:
+            if dotted in RESUMABLE_FIELDS | DERIVED_FIELDS or dotted in predated or old == value:
                 continue
             if dotted in PATH_FIELDS and _same_path(old, value):
                 continue
@@ -125,8 +134,11 @@ def setup(config: Config, *, resume: bool = False) -> Run:
     if resume:
         if not latest.exists():
             raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume (checkpoints/latest is missing)")
-        saved = config_from_dict(ckpt.read_state(latest)["config"], source=str(latest / ckpt.STATE_FILE))
-        differences = _config_differences(saved, config)
+        saved_values = ckpt.read_state(latest)["config"]
+        saved = config_from_dict(saved_values, source=str(latest / ckpt.STATE_FILE))
+        # A run saved before a field existed resumes with the value it was trained with (an old
+        # run has no global head, whatever the new default), and is not told its config changed.
+        differences = _config_differences(saved, config, predated=fields_saved_before_they_existed(saved_values))
         if differences:
             raise ConfigError(
                 "--resume with a different config would not continue the same run: " + "; ".join(differences)
@@ -290,13 +302,26 @@ def _validate_and_save(run: Run) -> None:
 def _train_step(run: Run, batch) -> dict[str, float]:
     batch = batch.to(run.device)
     with autocast(run.device, run.precision):
-        scores = run.model(batch.images, batch.tokens, batch.lengths)  # (B, B)
+        # One encoding of the batch gives both score matrices; global_scores is None without a head.
+        scores, global_scores = run.model.forward_with_global(batch.images, batch.tokens, batch.lengths)  # (B, B)
     # Hardest negatives alone give little signal while the embedding is still random, which
     # matters on small data sets; the sum over negatives first warms it up.
     max_violation = run.config.train.max_violation and run.epoch >= run.config.train.sum_negatives_epochs
     terms = triplet_loss(
         scores.float(), margin=run.config.train.margin, max_violation=max_violation, image_ids=batch.image_ids
     )
+    if global_scores is not None:
+        # The first stage of two-stage search ranks by these cosines: the same hinge trains them,
+        # with the same negatives, so the shortlist agrees with what SCAN re-ranks.
+        global_terms = triplet_loss(
+            global_scores.float(),
+            margin=run.config.train.margin,
+            max_violation=max_violation,
+            image_ids=batch.image_ids,
+        )
+        terms["global_loss"] = global_terms["loss"].detach()
+        terms["scan_loss"] = terms["loss"].detach()
+        terms["loss"] = terms["loss"] + run.config.train.global_loss_weight * global_terms["loss"]
     run.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     grad_norm = torch.tensor(0.0)

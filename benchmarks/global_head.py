@@ -1,0 +1,109 @@
+"""Benchmark: does training the global head beside SCAN cost SCAN's own ranking anything?
+
+The first stage of search shortlists by a global vector per item, trained jointly with SCAN as
+an auxiliary triplet term (`model.global_head`, `train.global_loss_weight`). This trains the
+demo's SCAN t2i recipe on the demo's features with and without the head, over several seeds, and
+prints for each run the exhaustive SCAN rsum on the dev and test splits, and the rsum of the
+global head's cosines alone (what the first stage ranks by), then mean and standard deviation.
+
+    python benchmarks/global_head.py --features reports/flickr8k-demo/features-bottomup \\
+        --out reports/global-head --seeds 0 1 2 --variants no-head head-w1
+
+Runs are kept in `--out` and reused (a rerun only evaluates), so an interrupted benchmark resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scan.data.precomp import PrecompSplit
+from scan.evaluate.encode import encode_split, score_split
+from scan.evaluate.metrics import retrieval_metrics
+from scan.models.loading import load_model
+from scan.pipeline import DEMO_CONFIG, DEMO_TEXT_ENCODERS, DEMO_VARIANTS, train_or_resume
+from scan.search.two_stage import global_image_vectors, global_text_vector
+
+# name (also the run folder's prefix) -> recipe overrides
+VARIANTS = {
+    "no-head": ["model.global_head=false"],
+    "head-w1": ["model.global_head=true", "train.global_loss_weight=1.0"],  # the default
+    "head-w0.1": ["model.global_head=true", "train.global_loss_weight=0.1"],
+}
+
+
+def evaluate(run_dir: Path, features: Path, split_name: str) -> dict[str, float]:
+    """rsum of SCAN over the whole split, and of the global head's cosines where the model has one."""
+    model = load_model(run_dir, device="cpu")
+    split = PrecompSplit.open(features, split_name)
+    encoded = encode_split(model.model, split, model.tokenizer, device=torch.device("cpu"))
+    scan_rsum = retrieval_metrics(score_split(model.model, encoded, device=torch.device("cpu")), encoded.caption_image)
+    result = {"scan": float(scan_rsum["rsum"])}
+    head = getattr(model.model, "global_head", None)
+    if head is not None:
+        mask = torch.arange(encoded.captions.shape[1])[None, :] < encoded.lengths[:, None]  # (M, W)
+        images = global_image_vectors(encoded.images, head)  # (N, D)
+        texts = global_text_vector(encoded.captions, mask, head)  # (M, D)
+        cosines = (images @ texts.T).numpy().astype(np.float64)  # (N, M)
+        result["global"] = float(retrieval_metrics(cosines, encoded.caption_image)["rsum"])
+    return result
+
+
+def summary(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--features", required=True, help="the demo's precomputed features folder")
+    parser.add_argument("--out", required=True, help="where the runs go (reused when there)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    features, out = Path(args.features), Path(args.out)
+    scan_t2i = DEMO_VARIANTS["SCAN t2i AVG"][1]
+
+    figures: dict[str, dict[str, list[float]]] = {}
+    print("variant | seed | SCAN dev rsum | SCAN test rsum | global-only dev | global-only test")
+    for variant in args.variants:
+        columns = figures.setdefault(variant, {})
+        for seed in args.seeds:
+            run_dir = out / f"{variant}-seed{seed}"
+            overrides = [*DEMO_TEXT_ENCODERS["gru"], *scan_t2i, *VARIANTS[variant], f"train.seed={seed}"]
+            train_or_resume(DEMO_CONFIG, features, run_dir, overrides, device="cpu", progress=False)
+            row = {
+                f"{part} {split}": value
+                for split in ("dev", "test")
+                for part, value in evaluate(run_dir, features, split).items()
+            }
+            for name, value in row.items():
+                columns.setdefault(name, []).append(value)
+            cells = [
+                f"{row[name]:.1f}" if name in row else "-"
+                for name in ("scan dev", "scan test", "global dev", "global test")
+            ]
+            print(f"{variant} | {seed} | " + " | ".join(cells), flush=True)
+
+    print(f"\nmean ± standard deviation over seeds {args.seeds}")
+    print("| variant | SCAN dev rsum | SCAN test rsum | global-only dev rsum | global-only test rsum |")
+    print("|---|---|---|---|---|")
+    for variant, columns in figures.items():
+        cells = [
+            summary(columns[name]) if name in columns else "-"
+            for name in ("scan dev", "scan test", "global dev", "global test")
+        ]
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
