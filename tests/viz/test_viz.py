@@ -247,8 +247,8 @@ def test_draw_word_attention_writes_a_sensible_png(photo, tmp_path, monkeypatch)
         assert im.format == "PNG"
         width, height = im.size
         pixels = np.asarray(im.convert("RGB"))
-    # 6 panels in rows of 4 at 480 px each: 2 rows of landscape photos, plus titles
-    assert 1700 <= width <= 2100 and 0.4 * width <= height <= 0.65 * width
+    # 6 panels in rows of 4 at 400 px each: 2 rows of landscape photos, plus titles
+    assert 1500 <= width <= 1700 and 0.4 * width <= height <= 0.65 * width
     assert pixels.std() > 20  # photos drawn, not a blank canvas
     assert [p.name for p in out.parent.iterdir()] == ["words.png"]  # no temp file left behind
 

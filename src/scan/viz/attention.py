@@ -12,8 +12,11 @@ module makes that picture:
   attended boxes share come out brightest.
 * :func:`brighten` applies it the project page's way: the photo darkened, the attended part lit.
 * :func:`word_panels` / :func:`draw_word_attention` make the t2i figure (photo, then one panel per
-  word); :func:`draw_region_attention` the i2t one (the most-attended regions outlined, each with
-  its top words).
+  word, each stretched over its own range, with the word's top boxes outlined and their weights
+  written on them); :func:`draw_region_attention` the i2t one (the most-attended regions outlined,
+  each with its top words).
+* :func:`save_figure` writes JPEG or PNG by the file's suffix, within a byte budget if asked
+  (the attention pictures default to 500 KB; JPEG is the format that suits photo panels).
 
 The array functions need only numpy; matplotlib and pillow (the ``[viz]`` extra) are imported by
 the drawing functions. Boxes are ``(x1, y1, x2, y2)`` in pixels of the image as shown (what
@@ -28,7 +31,7 @@ import math
 import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -43,6 +46,7 @@ __all__ = [
     "brighten",
     "draw_region_attention",
     "draw_word_attention",
+    "encode_picture",
     "keep_words",
     "load_photo",
     "save_figure",
@@ -187,9 +191,12 @@ def word_panels(
         weights: ``(W, R)`` word-to-region attention (row ``t``: word ``t``'s weights).
         floor: see :func:`brighten`.
         edge: see :func:`attention_heatmap`; ``None``: :func:`default_edge`.
-        scale: ``"word"`` lights each panel's peak fully (where each word looks); ``"shared"`` puts
-            all panels on one scale, so words whose weights carry less mass (e.g. weights
-            multiplied by a per-word relevance) come out dimmer, as on the project page.
+        scale: ``"word"`` stretches each panel's heat over the full range, its least-attended pixel
+            to ``floor`` and its most-attended one to full brightness: soft attention over
+            overlapping boxes varies little, and this shows where each word looks more than
+            elsewhere. ``"shared"`` puts all panels on one scale (zero to the highest peak), so words
+            whose weights carry less mass (e.g. weights multiplied by a per-word relevance) come
+            out dimmer, as on the project page.
 
     Returns:
         ``W`` arrays ``(H, W, 3)`` uint8.
@@ -204,10 +211,23 @@ def word_panels(
     edge = default_edge(size) if edge is None else edge
     heats = [attention_heatmap(size, boxes, w, edge=edge, normalize=False) for w in weights]  # W x (H, W)
     if scale == "shared":
-        peaks = [max((h.max(initial=0.0) for h in heats), default=0.0)] * len(heats)
-    else:
-        peaks = [h.max(initial=0.0) for h in heats]
-    return [brighten(image, h / p if p > 0 else h, floor=floor) for h, p in zip(heats, peaks, strict=False)]
+        peak = max((h.max(initial=0.0) for h in heats), default=0.0)
+        return [brighten(image, h / peak if peak > 0 else h, floor=floor) for h in heats]
+    return [brighten(image, _stretch(h), floor=floor) for h in heats]
+
+
+def _stretch(heat: np.ndarray) -> np.ndarray:
+    """``heat`` mapped linearly onto ``[0, 1]``.
+
+    A flat map singles nothing out: all lit if it has any mass (attention spread evenly over the
+    photo), all dark if none.
+    """
+    if heat.size == 0:
+        return heat
+    low, high = float(heat.min()), float(heat.max())
+    if high - low <= 1e-6 * high:
+        return np.full_like(heat, 1.0 if high > 0 else 0.0)
+    return (heat - low) / (high - low)
 
 
 def keep_words(words: Sequence[str], skip: Iterable[str] = DEFAULT_SKIP) -> list[int]:
@@ -219,10 +239,13 @@ def keep_words(words: Sequence[str], skip: Iterable[str] = DEFAULT_SKIP) -> list
 # -- files ----------------------------------------------------------------------------------------
 
 
-def load_photo(path: str | Path, boxes: Any, *, max_width: int | None) -> tuple[np.ndarray, np.ndarray]:
+def load_photo(
+    path: str | Path, boxes: Any, *, max_width: int | None, max_height: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Read a photo upright (EXIF orientation, as ``scan extract`` saw it) as RGB uint8.
 
-    It is shrunk to at most ``max_width`` pixels wide, with ``boxes (R, 4)`` scaled to match.
+    It is shrunk to at most ``max_width`` pixels wide and ``max_height`` tall (aspect kept), with
+    ``boxes (R, 4)`` scaled to match.
     """
     from PIL import Image, ImageOps
 
@@ -230,23 +253,113 @@ def load_photo(path: str | Path, boxes: Any, *, max_width: int | None) -> tuple[
         im = ImageOps.exif_transpose(opened).convert("RGB")
         width, height = im.size
         boxes = _as_array(boxes, name="boxes").reshape(-1, 4).copy()  # (R, 4)
-        if max_width is not None and width > max_width:
-            new = (max_width, max(1, round(height * max_width / width)))
+        shrink = min(
+            1.0 if max_width is None else max_width / width,
+            1.0 if max_height is None else max_height / height,
+        )
+        if shrink < 1.0:
+            new = (max(1, round(width * shrink)), max(1, round(height * shrink)))
             im = im.resize(new, Image.Resampling.LANCZOS)
             boxes *= np.array([new[0] / width, new[1] / height] * 2)
         return np.asarray(im, dtype=np.uint8), boxes
 
 
-def save_figure(fig: Figure, out_path: str | Path, *, dpi: float) -> Path:
-    """Write ``fig`` as a PNG atomically.
+# Picture formats by file suffix; anything else is written as PNG.
+_JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
+# JPEG qualities tried in turn while a picture is over its byte budget (80: no visible artefacts on
+# these photo panels; below ~60 text edges start to ring).
+_JPEG_QUALITIES = (80, 70, 60)
+
+
+def encode_picture(picture: Any, *, fmt: Literal["png", "jpeg"], max_bytes: int | None = None) -> bytes:
+    """Encode an RGB picture as PNG or JPEG bytes, within ``max_bytes`` when given.
+
+    Over the budget, the cheap losses come first: for JPEG a lower quality (down to 60), for PNG a
+    256-colour palette (photos keep their look; the file shrinks about threefold). If that is not
+    enough, the picture is shrunk by the square root of the size ratio (file size goes roughly
+    with the pixel count) until it fits.
+
+    Args:
+        picture: ``(H, W, 3)`` uint8 RGB, or a PIL image.
+        fmt: ``"png"`` or ``"jpeg"``.
+        max_bytes: the most bytes the encoded picture may take; ``None``: no limit.
+
+    Returns:
+        The encoded picture.
+    """
+    import io
+
+    from PIL import Image
+
+    if fmt not in ("png", "jpeg"):
+        raise ValueError(f"fmt must be 'png' or 'jpeg', got {fmt!r}")
+    if max_bytes is not None and max_bytes <= 0:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    image = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture, dtype=np.uint8))
+    image = image.convert("RGB")
+
+    def encode(im: Image.Image, quality: int) -> bytes:
+        buffer = io.BytesIO()
+        if fmt == "jpeg":
+            im.save(buffer, format="JPEG", quality=quality, optimize=True)
+        else:
+            im.save(buffer, format="PNG", optimize=False)
+        return buffer.getvalue()
+
+    def fits(data: bytes) -> bool:
+        return max_bytes is None or len(data) <= max_bytes
+
+    data = encode(image, _JPEG_QUALITIES[0])
+    if fits(data):
+        return data
+    if fmt == "jpeg":
+        for quality in _JPEG_QUALITIES[1:]:
+            data = encode(image, quality)
+            if fits(data):
+                return data
+    else:
+        image = image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        data = encode(image, 0)
+        if fits(data):
+            return data
+    assert max_bytes is not None  # fits() is always true without a budget
+    for _ in range(8):  # each step lands near the budget; a couple of steps are the most seen
+        shrink = min(0.9, 0.95 * math.sqrt(max_bytes / len(data)))
+        size = (max(1, round(image.width * shrink)), max(1, round(image.height * shrink)))
+        resample = Image.Resampling.NEAREST if image.mode == "P" else Image.Resampling.LANCZOS
+        image = image.resize(size, resample)
+        data = encode(image, _JPEG_QUALITIES[-1])
+        if fits(data):
+            return data
+    raise ValueError(f"could not fit the picture in {max_bytes} bytes")
+
+
+def save_figure(fig: Figure, out_path: str | Path, *, dpi: float, max_bytes: int | None = None) -> Path:
+    """Write ``fig`` atomically: JPEG for a ``.jpg``/``.jpeg`` path, else PNG.
 
     A temp file in the same folder, then ``os.replace``, so a reader (a web page, a crashed run's
     leftovers) never sees half a file.
+
+    Args:
+        fig: the figure, drawn at ``dpi`` on a white background.
+        out_path: where to write; its suffix picks the format.
+        dpi: resolution (the picture is ``figsize * dpi`` pixels).
+        max_bytes: keep the file within this many bytes (see :func:`encode_picture`); ``None``: no
+            limit, and a PNG is written lossless.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     out_path = Path(out_path)
+    fmt: Literal["png", "jpeg"] = "jpeg" if out_path.suffix.lower() in _JPEG_SUFFIXES else "png"
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    fig.patch.set_facecolor("white")
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[:, :, :3]  # (H, W, 3) uint8; the background is opaque
+    data = encode_picture(rgb, fmt=fmt, max_bytes=max_bytes)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out_path, "wb") as stream:
-        fig.savefig(stream, format="png", dpi=dpi, facecolor="white")
+        stream.write(data)
     return out_path
 
 
@@ -271,6 +384,115 @@ def _show(ax: Any, picture: np.ndarray) -> None:
 
 # -- text -> image: one panel per word -------------------------------------------------------------
 
+_PANEL_ASPECT = 0.85  # a panel's photo is at most this tall for its width (4:3 landscape fits, portrait not)
+
+# How each word's top boxes look, strongest first: the top one solid, thick and labelled on an
+# opaque tag, later ones thinner, dashed and fainter, so the eye lands on the strongest box.
+_TOP_COLOUR = "#ffd400"
+
+
+class _BoxStyle(NamedTuple):
+    linewidth: float
+    linestyle: str | tuple[int, tuple[int, int]]
+    alpha: float
+    fontsize: float
+    tag_alpha: float
+
+
+_TOP_STYLES = [  # linewidth (points), linestyle, line alpha, tag font size (points), tag alpha
+    _BoxStyle(2.8, "-", 1.0, 11.0, 0.95),
+    _BoxStyle(1.8, (0, (5, 2)), 0.9, 9.5, 0.75),
+    _BoxStyle(1.2, (0, (2, 2)), 0.8, 8.5, 0.55),
+]
+
+
+def _outline_top_boxes(
+    ax: Any, boxes: np.ndarray, weights: np.ndarray, *, top: int, image_size: tuple[int, int], px_per_point: float
+) -> None:
+    """Outline one word's ``top`` most-attended boxes, each tagged with its weight (e.g. ``0.31``).
+
+    Tags sit inside each box's top-left corner (just above or below a box too small to hold one);
+    bottom-up boxes overlap heavily and often share a corner, so a tag that would cover an earlier
+    one moves down below it.
+    """
+    from matplotlib import patheffects
+    from matplotlib.patches import Rectangle
+
+    height, width = image_size
+    order = np.argsort(-weights, kind="stable")[: max(0, min(top, len(weights)))]  # (top,)
+    placed: list[tuple[float, float, float, float]] = []  # tags drawn so far, x1, y1, x2, y2 in pixels
+    for rank in reversed(range(len(order))):  # weakest first, so the strongest is drawn on top
+        style = _TOP_STYLES[min(rank, len(_TOP_STYLES) - 1)]
+        x1, y1, x2, y2 = (float(v) for v in boxes[order[rank]])
+        x1, y1 = min(max(x1, 0.0), width - 1.0), min(max(y1, 0.0), height - 1.0)
+        x2, y2 = min(max(x2, x1 + 1.0), float(width)), min(max(y2, y1 + 1.0), float(height))
+        outline = [patheffects.withStroke(linewidth=style.linewidth + 1.6, foreground="black")]
+        ax.add_patch(
+            Rectangle(
+                (x1, y1),
+                x2 - x1,
+                y2 - y1,
+                fill=False,
+                edgecolor=_TOP_COLOUR,
+                linewidth=style.linewidth,
+                linestyle=style.linestyle,
+                alpha=style.alpha,
+                path_effects=outline,
+                zorder=3 + len(order) - rank,
+            )
+        )
+    for rank in range(len(order)):  # tags strongest first: the strongest keeps its corner
+        style = _TOP_STYLES[min(rank, len(_TOP_STYLES) - 1)]
+        r = order[rank]
+        tag_w = 4.2 * 0.62 * style.fontsize * px_per_point  # "0.31" plus padding, in pixels
+        tag_h = 1.5 * style.fontsize * px_per_point
+        x1, y1, x2, y2 = (float(v) for v in boxes[r])
+        y = y1
+        if x2 - x1 < 1.5 * tag_w or y2 - y1 < 2 * tag_h:  # inside, the tag would hide a small box: go outside
+            y = y1 - tag_h - 1.0 if y1 - tag_h - 1.0 >= 0 else y2 + 1.0
+        x = min(max(x1, 0.0), width - tag_w)
+        y = min(max(y, 0.0), height - tag_h)
+        for _ in range(len(placed) + 1):
+            clash = [p for p in placed if x < p[2] and p[0] < x + tag_w and y < p[3] and p[1] < y + tag_h]
+            if not clash:
+                break
+            y = max(p[3] for p in clash) + 1.0
+            if y + tag_h > height:  # no room below: go above the clashing tags instead
+                y = max(0.0, min(p[1] for p in clash) - tag_h - 1.0)
+                break
+        placed.append((x, y, x + tag_w, y + tag_h))
+        ax.text(
+            x + 0.12 * tag_h,
+            y + 0.12 * tag_h,
+            f"{weights[r]:.2f}",
+            color="black",
+            fontsize=style.fontsize,
+            fontweight="bold" if rank == 0 else "normal",
+            va="top",
+            ha="left",
+            zorder=10 + len(order) - rank,
+            bbox={
+                "boxstyle": "square,pad=0.15",
+                "facecolor": _TOP_COLOUR,
+                "edgecolor": "black",
+                "linewidth": 0.6,
+                "alpha": style.tag_alpha,
+            },
+        )
+
+
+def _specificity_line(weights: np.ndarray) -> str | None:
+    """The small line under the title: the drawn words' specificity, when there are two or more."""
+    from scan.viz.specificity import word_specificity
+
+    if len(weights) < 2 or np.any(weights.sum(axis=1) <= 0):
+        return None
+    value = word_specificity(weights)
+    return (
+        f"word specificity {value:.3f} bits (mean pairwise Jensen-Shannon divergence of the {len(weights)} "
+        "words' attention: 0 = all alike, 1 = disjoint)"
+    )
+
 
 def draw_word_attention(
     image_path: str | Path,
@@ -281,30 +503,46 @@ def draw_word_attention(
     *,
     caption: str | None = None,
     score: float | None = None,
-    max_width: int = 480,
+    max_width: int | None = None,
     columns: int = 4,
     skip: Iterable[str] = DEFAULT_SKIP,
-    top_boxes: int = 0,
+    top_boxes: int = 3,
     floor: float = 0.25,
     scale: Literal["word", "shared"] = "word",
     panel_inches: float = 3.2,
-    dpi: float = 150,
+    dpi: float = 125,
+    show_specificity: bool = True,
+    max_bytes: int | None = 500_000,
 ) -> Path:
-    """Draw the t2i attention figure: the photo, then each word's brightened photo, saved as PNG.
+    """Draw the t2i attention figure: the photo, then one panel per word, saved as JPEG or PNG.
+
+    Each word's panel brightens the photo by that word's attention, stretched over the full range
+    per word (``scale="word"``), and outlines its ``top_boxes`` most-attended regions with their
+    weights written on them, the strongest boldest. The photo is first shrunk to the panel's
+    width, and the file kept within ``max_bytes``: a caption of ~10 words makes a JPEG of about
+    200 KB.
 
     Args:
         image_path: the photo the ``boxes`` were extracted from.
         boxes: ``(R, 4)`` pixel boxes in the (EXIF-upright) photo.
         words: the ``W`` tokens, aligned with the rows of ``weights``.
         weights: ``(W, R)`` word-to-region attention.
-        out_path: the PNG to write (atomically; folders are created).
+        out_path: the picture to write (atomically; folders are created): JPEG for a
+            ``.jpg``/``.jpeg`` suffix, else PNG. JPEG suits these photo panels far better.
         caption: figure title; ``score`` (the image-caption similarity) is appended when given.
-        max_width: the photo is shrunk to this many pixels wide first (speed and file size).
+        max_width: the photo is shrunk to this many pixels wide first; ``None``: to fit a panel in
+            pixels (``panel_inches * dpi`` wide, 0.85 of that tall), so no detail is drawn that the
+            panel cannot show.
         columns: panels per row; more wrap onto further rows.
         skip: tokens not drawn (their rows of ``weights`` are dropped).
-        top_boxes: outline each word's ``top_boxes`` most-attended regions (0: none).
+        top_boxes: outline each word's ``top_boxes`` most-attended regions, tagged with their
+            weights (0: none).
         floor, scale: see :func:`word_panels`.
-        panel_inches, dpi: each panel's width in inches and the resolution (480 px panels).
+        panel_inches, dpi: each panel's width in inches and the resolution (400 px panels); a
+            portrait photo's panels are narrower, at most ``0.85 * panel_inches`` tall.
+        show_specificity: print the drawn words' :func:`~scan.viz.specificity.word_specificity`
+            under the title.
+        max_bytes: the file's size limit (see :func:`encode_picture`); ``None``: none.
 
     Returns:
         ``out_path``.
@@ -314,7 +552,11 @@ def draw_word_attention(
     weights = _as_array(weights, name="weights")  # (W, R)
     if weights.ndim != 2 or weights.shape[0] != len(words):
         raise ValueError(f"weights must be (W={len(words)}, R), got shape {weights.shape}")
-    image, boxes = load_photo(image_path, boxes, max_width=max_width)  # (H, W, 3), (R, 4)
+    if max_width is None:  # the photo fits a panel: panel_inches wide, 0.85 of that tall
+        fit = {"max_width": round(panel_inches * dpi), "max_height": round(_PANEL_ASPECT * panel_inches * dpi)}
+        image, boxes = load_photo(image_path, boxes, **fit)  # (H, W, 3), (R, 4)
+    else:
+        image, boxes = load_photo(image_path, boxes, max_width=max_width)
     if weights.shape[1] != len(boxes):
         raise ValueError(f"weights has {weights.shape[1]} regions but there are {len(boxes)} boxes")
     keep = keep_words(words, skip)
@@ -325,9 +567,15 @@ def draw_word_attention(
     ncols = max(1, min(columns, n))
     nrows = math.ceil(n / ncols)
     aspect = image.shape[0] / image.shape[1]  # H / W
+    # A portrait photo gets a narrower panel, not a taller one: every row as tall as a landscape one.
+    panel_inches = panel_inches * min(1.0, _PANEL_ASPECT / aspect)
     title_inches = 0.42  # room for a word above each panel
     title = _figure_title(caption, score, width_chars=max(40, int(ncols * panel_inches * 7.5)))
-    header = 0.0 if title is None else 0.32 * (title.count("\n") + 1) + 0.25
+    note = _specificity_line(weights) if show_specificity else None
+    note = textwrap.fill(note, width=max(50, int(ncols * panel_inches * 12))) if note else None
+    header = 0.0 if title is None else 0.3 * (title.count("\n") + 1) + 0.2
+    header += 0.0 if note is None else 0.2 * (note.count("\n") + 1) + 0.05
+    header += 0.05 if header else 0.0
     fig = Figure(figsize=(ncols * panel_inches, nrows * (panel_inches * aspect + title_inches) + header))
     grid = fig.add_gridspec(
         nrows,
@@ -339,6 +587,9 @@ def draw_word_attention(
         wspace=0.04,
         hspace=title_inches / (panel_inches * aspect),
     )
+    # Photo pixels per typographic point: a panel's photo spans about 0.95 of its width (margins
+    # and gaps take the rest), and tags are sized in photo pixels to not cover their box.
+    px_per_point = image.shape[1] / (0.95 * panel_inches * 72)
     for k in range(nrows * ncols):
         ax = fig.add_subplot(grid[k // ncols, k % ncols])
         if k == 0:
@@ -348,15 +599,18 @@ def draw_word_attention(
             _show(ax, panels[k - 1])
             ax.set_title(words[k - 1], fontsize=15, fontweight="bold")
             if top_boxes > 0:
-                for rank, r in enumerate(np.argsort(-weights[k - 1], kind="stable")[:top_boxes]):
-                    _rectangle(
-                        ax, boxes[r], colour="#ffd400", linewidth=1.0, alpha=1.0 - 0.5 * rank / max(top_boxes, 2)
-                    )
+                _outline_top_boxes(
+                    ax, boxes, weights[k - 1], top=top_boxes, image_size=image.shape[:2], px_per_point=px_per_point
+                )
         else:
             ax.set_axis_off()
+    top = 1 - 0.1 / fig.get_figheight()
     if title is not None:
-        fig.suptitle(title, fontsize=16, y=1 - 0.12 / fig.get_figheight(), va="top")
-    return save_figure(fig, out_path, dpi=dpi)
+        fig.suptitle(title, fontsize=15, y=top, va="top")
+        top -= (0.3 * (title.count("\n") + 1) + 0.08) / fig.get_figheight()
+    if note is not None:
+        fig.text(0.5, top, note, fontsize=10, color="0.3", ha="center", va="top")
+    return save_figure(fig, out_path, dpi=dpi, max_bytes=max_bytes)
 
 
 # -- image -> text: the most-attended regions and their words ------------------------------------
@@ -377,6 +631,7 @@ def draw_region_attention(
     skip: Iterable[str] = DEFAULT_SKIP,
     max_width: int = 640,
     dpi: float = 150,
+    max_bytes: int | None = 500_000,
 ) -> Path:
     """Draw the i2t attention figure: a few regions outlined on the photo, each with its top words.
 
@@ -385,14 +640,14 @@ def draw_region_attention(
         boxes: ``(R, 4)`` pixel boxes in the (EXIF-upright) photo.
         words: the ``W`` tokens, aligned with the columns of ``weights``.
         weights: ``(R, W)`` region-to-word attention (row ``r``: region ``r``'s softmax over words).
-        out_path: the PNG to write (atomically).
+        out_path: the picture to write (atomically): JPEG for a ``.jpg``/``.jpeg`` suffix, else PNG.
         regions: how many regions to show.
         top: how many words to list per region.
         region_scores: ``(R,)`` how much each region matters (e.g. its relevance to its attended
             sentence vector); ``None``: each region's peak weight, i.e. how sharply it picks a word.
         caption, score: figure title, as in :func:`draw_word_attention`.
         skip: tokens left out (their columns dropped; the shown weights are not renormalised).
-        max_width, dpi: see :func:`draw_word_attention`.
+        max_width, dpi, max_bytes: see :func:`draw_word_attention`.
 
     Returns:
         ``out_path``.
@@ -470,4 +725,4 @@ def draw_region_attention(
         ax.set_title(f"region {rank + 1}", fontsize=12, color=colour, fontweight="bold", loc="left")
     if title is not None:
         fig.suptitle(title, fontsize=15, y=1 - 0.12 / fig.get_figheight(), va="top")
-    return save_figure(fig, out_path, dpi=dpi)
+    return save_figure(fig, out_path, dpi=dpi, max_bytes=max_bytes)
