@@ -210,8 +210,9 @@ def test_bad_inputs_name_the_argument(data):
 def test_choose_kind_thresholds():
     assert choose_kind(0) == "flat"
     assert choose_kind(49_999) == "flat"
-    assert choose_kind(50_000) == "hnsw"
-    assert choose_kind(10, exact_below=10) == "hnsw"
+    assert choose_kind(50_000) == "ivf"  # HNSW takes too long to build on a few cores
+    assert choose_kind(10**6) == "ivf"
+    assert choose_kind(10, exact_below=10) == "ivf"
     assert choose_kind(10**6, exact_below=10**7) == "flat"
     with pytest.raises(ConfigError):
         choose_kind(-1)
@@ -220,7 +221,7 @@ def test_choose_kind_thresholds():
 def test_auto_kind_follows_choose_kind(data):
     vectors, ids, _ = data
     assert FirstStageIndex.build(vectors[:100], ids[:100]).kind == "flat"
-    assert FirstStageIndex.build(vectors[:100], ids[:100], exact_below=50).kind == "hnsw"
+    assert FirstStageIndex.build(vectors[:100], ids[:100], exact_below=50).kind == "ivf"
 
 
 def test_missing_faiss_says_how_to_install(monkeypatch):
@@ -241,3 +242,16 @@ def test_short_rows_are_searched_again_wider(data):
     assert found.shape == (Q, 200) and (found >= 0).all()
     assert all(np.unique(row).size == 200 for row in found)
     assert (np.diff(scores, axis=1) <= 1e-6).all()
+
+
+def test_ivf_trains_on_a_fixed_sample_of_at_most_its_budget(data, monkeypatch):
+    from scan.search import first_stage
+
+    vectors, ids, queries = data
+    sample = first_stage._training_sample(vectors, 300)
+    assert sample.shape == (300, D)
+    np.testing.assert_array_equal(sample, first_stage._training_sample(vectors, 300))  # same seed, same sample
+    assert first_stage._training_sample(vectors, N) is vectors
+    monkeypatch.setattr(first_stage, "IVF_TRAIN_PER_LIST", 10)  # 51 lists: 510 of the 2000 vectors
+    index = FirstStageIndex.build(vectors, ids, kind="ivf", nprobe=40)
+    assert recall(index.search(queries, K)[1], brute_force(vectors, ids, queries, K)[1]) >= MIN_RECALL["ivf"]
