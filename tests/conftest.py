@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from photo_models import NUM_PHOTOS, make_photo_folder, make_photo_model
+from scan.data.raw import read_kaggle_captions
 from scan.data.synthetic import write_synthetic_precomp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,3 +85,31 @@ def _locked_elsewhere(folder: str | Path, purpose: str) -> Iterator[None]:
 def locked_elsewhere() -> Callable[[str | Path, str], AbstractContextManager[None]]:
     """`with locked_elsewhere(folder, "scan train"):` another process holds the folder's lock inside."""
     return _locked_elsewhere
+
+
+# -- photo indexes: a small untrained model that reads real photos' grid features --------------
+# Indexing mechanics (hashing, caching, atomic updates, repairs, errors) need no trained model;
+# search quality is tested on the trained tiny run (tests/search/test_two_stage.py).
+
+
+@pytest.fixture(scope="session")
+def flickr_records(flickr8k_800):
+    return read_kaggle_captions(flickr8k_800)[:NUM_PHOTOS]
+
+
+@pytest.fixture(scope="session")
+def photo_model(flickr_records, tmp_path_factory) -> Path:
+    captions = [caption for record in flickr_records for caption in record.captions]
+    return make_photo_model(tmp_path_factory.mktemp("photo-model") / "model", captions)
+
+
+@pytest.fixture
+def photos(flickr_records, tmp_path) -> Path:
+    """A folder of 12 real photos, a third of them in a subfolder, with a captions.txt beside them."""
+    return make_photo_folder(flickr_records, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory) -> Path:
+    """One region-feature cache for the whole session: each photo is extracted once."""
+    return tmp_path_factory.getbasetemp() / "region-cache"

@@ -7,7 +7,13 @@ builds on it; nothing here imports it.
     from scan import load_model, retrieval_metrics
     trained = load_model("runs/f30k_t2i_avg")
     scores = trained.model.score_matrix(images, words, lengths)  # (N, M)
+
+    from scan import Index  # needs the [search] extra (faiss-cpu)
+    index = Index.open("my-index")
+    hits = index.search("a dog runs on the beach", k=10)  # [Hit(id, score, path, ...)]
 """
+
+from typing import Any
 
 from scan.config import Config, load_config
 from scan.errors import ScanError
@@ -25,6 +31,7 @@ __all__ = [
     "AttentionOptions",
     "Config",
     "GlobalEmbedding",
+    "Index",
     "ScanError",
     "attend",
     "batch_scores",
@@ -38,3 +45,12 @@ __all__ = [
     "triplet_loss",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """`scan.Index` on first use: search pulls in faiss, which plain training never needs."""
+    if name == "Index":
+        from scan.search.index import Index
+
+        return Index
+    raise AttributeError(f"module 'scan' has no attribute {name!r}")

@@ -50,6 +50,7 @@ __all__ = [
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "weights_digest",
 ]
 
 
@@ -188,3 +189,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def weights_digest(folder: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a checkpoint's weights file: names the model that made a set of vectors.
+
+    A search index records it, so it is never searched with another model's encoders (the
+    vectors would score without error and mean nothing). It hashes the bytes, so it survives
+    moving or copying the folder and changes whenever the weights do.
+
+    Raises:
+        CheckpointError: the folder has no readable weights file.
+    """
+    import hashlib
+
+    path = Path(folder) / MODEL_FILE
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read the weights: {error.strerror or error}") from None
+    return digest.hexdigest()

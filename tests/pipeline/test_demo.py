@@ -65,8 +65,9 @@ def test_demo_writes_the_whole_report_and_reuses_its_work(photos, report, capsys
     assert "| SCAN t2i AVG |" in (out / "results.md").read_text()
     assert Image.open(out / "training_curves.png").size[0] > 500
 
-    pictures = sorted((out / "attention").glob("*.png"))
+    pictures = sorted((out / "attention").glob("*.jpg"))
     assert len(pictures) == 2
+    assert all(p.stat().st_size < 500_000 for p in pictures)  # small enough to page through
     # Each picture is one panel per word: different words light up different regions, so the
     # picture is not a grid of identical panels. (tests/test_viz.py checks the panels themselves.)
     pixels = np.asarray(Image.open(pictures[0]).convert("L"), dtype=np.float32)

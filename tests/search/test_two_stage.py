@@ -123,7 +123,8 @@ def test_exhaustive_top_hits_are_the_score_matrix_argsort(collection: Collection
 def test_small_shortlist_is_a_reranked_subset(collection: Collection, caption: int) -> None:
     text = collection.split.captions[caption]
     words, _ = collection.search.encode_query(text)
-    query = global_text_vector(words, torch.ones(words.shape[:2], dtype=torch.bool)).numpy()  # (1, D)
+    mask = torch.ones(words.shape[:2], dtype=torch.bool)
+    query = global_text_vector(words, mask, collection.search.head).numpy()  # (1, D), as the search encodes it
     first_scores, first_ids = collection.index.search(query, 20)  # (1, 20)
     first = dict(zip(first_ids[0].tolist(), first_scores[0].tolist(), strict=True))
     reference = collection.reference(text)  # (N,)

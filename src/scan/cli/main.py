@@ -1,4 +1,4 @@
-"""`scan`: one console script with a subcommand per job (train, eval, vocab, extract, demo).
+"""`scan`: one console script with a subcommand per job (train, eval, vocab, extract, demo, index, search).
 
 Each subcommand lives in its own module with a `main(argv=None)` so tests call it directly.
 Heavy imports happen inside the subcommand, so `scan --help` is instant.
@@ -15,6 +15,8 @@ SUBCOMMANDS = {
     "eval": ("scan.cli.eval", "evaluate trained models (or their ensemble) with the papers' protocols"),
     "extract": ("scan.cli.extract", "turn raw photos into region features (the precomputed layout)"),
     "vocab": ("scan.cli.vocab", "build a vocabulary from training captions, or check one"),
+    "index": ("scan.cli.index", "build or update a searchable index of a photo folder"),
+    "search": ("scan.cli.search", "search an index: photos for a sentence, or captions for a photo"),
 }
 
 USAGE = (

@@ -85,6 +85,7 @@ __all__ = [
     "extract_split",
     "extraction_settings",
     "load_image",
+    "one_thread_per_image",
 ]
 
 FORMAT = "scan-extract/1"  # bumped when the meaning of the written files changes
@@ -240,7 +241,7 @@ def _rgb8(image: Any) -> np.ndarray:
 
 
 @contextmanager
-def _one_thread_per_image(*, opencv: bool) -> Iterator[None]:
+def one_thread_per_image(*, opencv: bool) -> Iterator[None]:
     """Run torch (and OpenCV) ops on one intra-op thread inside the block, then restore the counts.
 
     The extraction runs ``workers`` images side by side, each on one thread (see
@@ -344,7 +345,7 @@ class RegionExtractor:
             self.detector = SSDMobileNetDetector(
                 confidence_threshold=config.detector_threshold,
                 max_detections=config.max_detections,
-                num_threads=None,  # not set process-wide here: _one_thread_per_image does it per extraction
+                num_threads=None,  # not set process-wide here: one_thread_per_image does it per extraction
             )
         self.feature_dim = self.backbone.info.num_features
         self._detector_lock = threading.Lock()  # an OpenCV net must not run in two threads at once
@@ -545,7 +546,7 @@ def extract_split(
     """
     config = config or ExtractConfig()
     config.validate()
-    with FolderLock(out_folder, purpose=LOCK_PURPOSE), _one_thread_per_image(opencv=config.mode == "bottomup"):
+    with FolderLock(out_folder, purpose=LOCK_PURPOSE), one_thread_per_image(opencv=config.mode == "bottomup"):
         return _extract_split(
             records, Path(out_folder), split, config, progress=progress, extractor=extractor, on_batch=on_batch
         )
@@ -825,7 +826,7 @@ def extract_dataset(
             raise DataError(f"split {name!r} has no images (the source has splits {present})", path=source)
     # The source is read and checked before the lock, so a bad source leaves no output folder behind.
     out = Path(out_folder)
-    with FolderLock(out, purpose=LOCK_PURPOSE), _one_thread_per_image(opencv=config.mode == "bottomup"):
+    with FolderLock(out, purpose=LOCK_PURPOSE), one_thread_per_image(opencv=config.mode == "bottomup"):
         extractor: RegionExtractor | None = None
         summaries = {}
         for name, recs in by_split.items():

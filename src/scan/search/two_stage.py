@@ -15,13 +15,15 @@ A collection built by `build_collection` lives in one folder:
     regions/                 the RegionStore (a folder of its own: see scan.search.store)
     first_stage.faiss        the FirstStageIndex over the items' global vectors (plus its siblings)
 
-The global vectors are, for now, the mean of an item's region (or word) vectors, L2-normalised:
-SCAN was not trained for them, so they are a fallback until a trained global head replaces them.
+The global vectors come from the model's global head (`scan.models.global_head`), trained
+jointly with SCAN so that one checkpoint serves both stages; a model trained without one falls
+back, with a warning, to the mean of its region (or word) vectors, which SCAN was never trained for.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +45,13 @@ __all__ = [
     "Hit",
     "TwoStageSearch",
     "build_collection",
+    "encode_texts",
     "global_image_vectors",
     "global_text_vector",
     "model_fingerprint",
     "open_collection",
+    "rank",
+    "score_rows",
 ]
 
 STORE_FOLDER = "regions"  # the RegionStore of a collection folder (a store needs a folder of its own)
@@ -64,35 +69,56 @@ def _unit_rows(vectors: torch.Tensor) -> torch.Tensor:
     return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(_EPS)
 
 
-def global_image_vectors(regions: torch.Tensor) -> torch.Tensor:
-    """The first-stage vector of each image: the mean of its region vectors, L2-normalised.
-
-    This is the fallback until a trained global head gives SCAN models a proper global vector;
-    the mean of unit region vectors is a weak but cheap summary of an image.
+def global_image_vectors(regions: torch.Tensor, head: torch.nn.Module | None = None) -> torch.Tensor:
+    """The first-stage vector of each image: the model's trained global head, else mean pooling.
 
     Args:
         regions: `(N, R, D)` encoded region vectors.
+        head: The model's `global_head` (see `scan.models.global_head`), or None for the
+            fallback: the mean of the unit region vectors, a weak but cheap summary that SCAN
+            was never trained for (models from before the global head have nothing better).
 
     Returns:
         `(N, D)` float32 unit vectors.
     """
+    if head is not None:
+        with torch.no_grad():
+            return _unit_rows(head.image(regions.to(_model_device(head)).float()).float().cpu())  # type: ignore[operator]
     return _unit_rows(regions.float().mean(dim=1))  # (N, D)
 
 
-def global_text_vector(words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The first-stage vector of each caption: the mean of its real words, L2-normalised.
+def global_text_vector(words: torch.Tensor, mask: torch.Tensor, head: torch.nn.Module | None = None) -> torch.Tensor:
+    """The first-stage vector of each caption: the model's global head, else its words' mean.
 
     Args:
         words: `(M, W, D)` encoded word vectors, padded.
         mask: `(M, W)` True (or 1) at real words.
+        head: The model's `global_head`, or None for the mean-pooling fallback.
 
     Returns:
         `(M, D)` float32 unit vectors.
     """
+    if head is not None:
+        device = _model_device(head)
+        with torch.no_grad():
+            return _unit_rows(head.text(words.to(device).float(), mask.to(device).bool()).float().cpu())  # type: ignore[operator]
     weights = mask.to(torch.float32).unsqueeze(-1)  # (M, W, 1)
     total = (words.float() * weights).sum(dim=1)  # (M, D)
     count = weights.sum(dim=1).clamp_min(1.0)  # (M, 1)
     return _unit_rows(total / count)  # (M, D)
+
+
+def global_head(model: TrainedModel) -> torch.nn.Module | None:
+    """The model's trained global head, or None (with a warning) for a model trained without one."""
+    head = getattr(model.model, "global_head", None)
+    if head is None:
+        warnings.warn(
+            f"{model.folder} has no trained global head (model.global_head was off or the model predates it): "
+            "the first stage shortlists by mean pooling of SCAN's vectors, which ranks worse; "
+            "raise the shortlist, or retrain with model.global_head=true",
+            stacklevel=2,
+        )
+    return head
 
 
 # ---------------------------------------------------------------------------------- search
@@ -120,6 +146,35 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
+def encode_texts(model: TrainedModel, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokenize and encode captions or queries with the model's text encoder.
+
+    Returns:
+        `(M, W, D)` float32 word vectors (zero-padded), `(M,)` lengths and `(M, W)` mask, on the CPU.
+    """
+    ids = [model.tokenizer.encode(text) for text in texts]
+    lengths = torch.tensor([len(i) for i in ids], dtype=torch.long)  # (M,)
+    tokens = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)  # (M, W), padded with 0
+    for row, sentence in enumerate(ids):
+        tokens[row, : len(sentence)] = torch.tensor(sentence, dtype=torch.long)
+    net = model.model
+    device = _model_device(net)
+    with torch.no_grad():
+        words, mask = net.encode_text(tokens.to(device), lengths.to(device))  # (M, W, D), (M, W)
+    return words.float().cpu(), lengths, mask.cpu()
+
+
+def score_rows(model: TrainedModel, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+    """`(N, M)` float32 SCAN scores of encoded images `(N, R, D)` against encoded texts `(M, W, D)`."""
+    device = _model_device(model.model)
+    return model.model.score_matrix(regions.float().to(device), words, lengths).numpy().astype(np.float32)
+
+
+def rank(scores: np.ndarray, candidates: np.ndarray, k: int) -> list[int]:
+    """Positions of the best `k` of `scores`, highest first, equal scores by candidate id."""
+    return np.lexsort((candidates, -scores))[: int(k)].tolist()
+
+
 class TwoStageSearch:
     """Search a collection for the images that best match a text, shortlisting then re-ranking.
 
@@ -134,12 +189,15 @@ class TwoStageSearch:
         model: The trained model whose encoders made the store's region vectors.
         store: The items' region vectors.
         index: The items' global vectors, under the store's ids.
+        head: The model's global head (or None for mean pooling), when the caller looked it up.
 
     Raises:
         DataError: the store, the index and the model disagree on the vector dimension.
     """
 
-    def __init__(self, model: TrainedModel, store: RegionStore, index: FirstStageIndex) -> None:
+    def __init__(
+        self, model: TrainedModel, store: RegionStore, index: FirstStageIndex, *, head: object = "model's"
+    ) -> None:
         dim = int(model.config.model.embed_dim)
         if store.dim != dim:
             raise DataError(f"the region store holds {store.dim}-dim vectors, the model makes {dim}", field="dim")
@@ -148,6 +206,8 @@ class TwoStageSearch:
         self.model = model
         self.store = store
         self.index = index
+        # The caller may pass the head it already looked up (and warned about, if missing).
+        self.head: torch.nn.Module | None = global_head(model) if head == "model's" else head  # type: ignore[assignment]
 
     def encode_query(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize and encode a query.
@@ -179,9 +239,7 @@ class TwoStageSearch:
     def _scan_scores(self, ids: Sequence[int], words: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
         """SCAN scores of store items `ids` against one encoded query: `(len(ids),)` float32."""
         regions = torch.from_numpy(self.store.vectors(ids).astype(np.float32))  # (n, R, D)
-        device = _model_device(self.model.model)
-        scores = self.model.model.score_matrix(regions.to(device), words, lengths)  # (n, 1)
-        return scores[:, 0].numpy().astype(np.float32)  # (n,)
+        return score_rows(self.model, regions, words, lengths)[:, 0]  # (n,)
 
     def search(self, text: str, *, k: int = 10, shortlist: int = 100, exhaustive: bool = False) -> list[Hit]:
         """The `k` items that best match `text`, best first, ranked by SCAN score.
@@ -223,12 +281,11 @@ class TwoStageSearch:
             scores = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)  # (n,)
         else:
             mask = torch.ones(words.shape[:2], dtype=torch.bool)  # (1, W): one unpadded query
-            query = global_text_vector(words, mask).numpy()  # (1, D)
+            query = global_text_vector(words, mask, self.head).numpy()  # (1, D)
             first_scores, first_ids = self.index.search(query, int(shortlist))  # (1, s), (1, s)
             candidates, first = first_ids[0], first_scores[0]  # (s,), (s,)
             scores = self._scan_scores(candidates.tolist(), words, lengths)  # (s,)
 
-        order = np.lexsort((candidates, -scores))[: int(k)]  # by score, then id
         return [
             Hit(
                 id=int(candidates[i]),
@@ -236,7 +293,7 @@ class TwoStageSearch:
                 first_stage_score=None if first is None else float(first[i]),
                 path=str(self.store.item(int(candidates[i]))["path"]),
             )
-            for i in order.tolist()
+            for i in rank(scores, candidates, k)
         ]
 
 
@@ -244,18 +301,8 @@ class TwoStageSearch:
 
 
 def model_fingerprint(model: TrainedModel) -> str:
-    """A provisional fingerprint of a model: its folder and its weights file's size and mtime.
-
-    Provisional: it changes when the folder moves or the weights are rewritten unchanged, and a
-    content hash of the weights (or one recorded at training) should replace it.
-    """
-    folder = Path(model.folder).resolve()
-    weights = folder / ckpt.MODEL_FILE
-    try:
-        stat = weights.stat()
-    except OSError:
-        return f"{folder}:no-weights"
-    return f"{folder}:{stat.st_size}:{stat.st_mtime_ns}"
+    """The SHA-256 of the model's weights file (see `scan.checkpoint.weights_digest`)."""
+    return ckpt.weights_digest(model.folder)
 
 
 def _read_batch(features: np.ndarray | PrecompSplit, rows: range) -> np.ndarray:
@@ -309,6 +356,7 @@ def build_collection(
     net = model.model
     net.eval()
     device = _model_device(net)
+    head = global_head(model)
     folder = Path(folder)
     store = RegionStore.create(
         folder / STORE_FOLDER,
@@ -331,7 +379,7 @@ def build_collection(
         for row, sha in enumerate(hashes[rows.start : rows.stop]):
             position.setdefault(sha, row)  # the store keeps the first of repeated hashes
         keep = [position[sha] for sha in kept]  # the rows the store took (duplicates skipped)
-        globals_.append(global_image_vectors(regions[keep]).numpy())  # (m, D)
+        globals_.append(global_image_vectors(regions[keep], head).numpy())  # (m, D)
         all_ids.extend(ids)
     vectors = np.concatenate(globals_)  # (N', D)
     index = FirstStageIndex.build(vectors, np.asarray(all_ids, dtype=np.int64), kind="auto")

@@ -36,7 +36,7 @@ from scan.evaluate.report import format_markdown_table, format_table, write_json
 from scan.models.loading import TrainedModel, load_model
 from scan.runtime import resolve_device, resolve_precision
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when run from one
+REPO_ROOT = Path(__file__).resolve().parents[3]  # the checkout, when run from one
 DEFAULT_DEMO_DATA = "../shared/data/flickr8k-800"
 DEMO_CONFIG = "demo_flickr8k"  # a packaged recipe (scan/configs/demo_flickr8k.yaml)
 
@@ -387,7 +387,8 @@ def draw_attention_examples(
         features = torch.from_numpy(np.asarray(split.image_features(image))).to(device)
         weights = model.model.attention_weights(features, torch.tensor(ids, device=device)).cpu().numpy()  # (W, R)
         filename = split.image_ids[image]
-        path = out / f"attention_{image:03d}_{Path(filename).stem}.png"
+        # JPEG: photo panels, ~200-400 KB where a PNG of the same picture is several MB.
+        path = out / f"attention_{image:03d}_{Path(filename).stem}.jpg"
         draw_word_attention(
             records[filename].path,
             split.image_boxes(image),
@@ -415,10 +416,10 @@ def run_demo(options: DemoOptions) -> dict[str, dict[str, Any]]:
     # Validate the recipe and overrides before an hour of extraction, not after it.
     load_config(options.config, [*DEMO_TEXT_ENCODERS[options.text_encoder], *options.overrides])
 
-    print(f"[1/4] region features ({options.mode}) from {data}")
+    print(f"[1/5] region features ({options.mode}) from {data}")
     features = extract_demo_features(data, out, mode=options.mode, progress=not options.quiet)
 
-    print("[2/4] training the baseline, SCAN t2i and SCAN i2t")
+    print("[2/5] training the baseline, SCAN t2i and SCAN i2t")
     # Non-default choices get their own model folders and report files, so runs sit side by side.
     suffix = "".join(
         f"-{choice}"
@@ -437,7 +438,7 @@ def run_demo(options: DemoOptions) -> dict[str, dict[str, Any]]:
         for name, (folder, overrides) in DEMO_VARIANTS.items()
     }
 
-    print("[3/4] evaluating on the test split")
+    print("[3/5] evaluating on the test split")
     test = PrecompSplit.open(features, "test")
     results, matrices, models = {}, {}, {}
     caption_image = None
@@ -451,7 +452,13 @@ def run_demo(options: DemoOptions) -> dict[str, dict[str, Any]]:
     scan_names = [name for name in DEMO_VARIANTS if name.startswith("SCAN")]
     results[DEMO_ENSEMBLE] = retrieval_metrics(ensemble_scores([matrices[n] for n in scan_names]), caption_image)
 
-    print("[4/4] report")
+    print(f"[4/5] a search index of the {test.num_images} test photos")
+    from scan.pipeline.search import DEMO_QUERY, index_split_photos
+
+    index = index_split_photos(models["SCAN t2i AVG"], data, features, "test", out / f"index{suffix}")
+    top = index.search(DEMO_QUERY, k=3)
+
+    print("[5/5] report")
     from scan.viz.curves import plot_training_curves
 
     header = (
@@ -475,6 +482,8 @@ def run_demo(options: DemoOptions) -> dict[str, dict[str, Any]]:
     print(
         f"models: {out}/models/*  (score them on other photos with: scan eval --model {out}/models/scan_t2i --data FOLDER)"
     )
+    print(f'\nsearch the test photos ("{DEMO_QUERY}": {", ".join(index.photo_path(h).name for h in top)}, ...):')
+    print(f'  scan search {out}/index{suffix} "{DEMO_QUERY}"')
     print(f"total time {time.time() - started:.0f} s")
     return results
 
