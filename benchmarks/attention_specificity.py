@@ -37,6 +37,8 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model(Path(args.model), device="cpu")
+    if model.model.attention.direction != "t2i":
+        parser.error(f"{args.model} attends regions over words (i2t): word specificity needs a t2i model")
     split = PrecompSplit.open(Path(args.features), args.split)
     all_words, content_words, shuffled = [], [], []
     generator = np.random.default_rng(args.seed)
