@@ -113,3 +113,33 @@ def photos(flickr_records, tmp_path) -> Path:
 def feature_cache(tmp_path_factory) -> Path:
     """One region-feature cache for the whole session: each photo is extracted once."""
     return tmp_path_factory.getbasetemp() / "region-cache"
+
+
+# -- the served index (tests/serve): the 12 photos and their 60 captions, indexed once --------------
+
+
+@pytest.fixture(scope="session")
+def served_folder(photo_model, flickr_records, feature_cache, tmp_path_factory) -> Path:
+    """`photos/`, `captions.txt` and `photos.index` in one folder (read-only for the tests)."""
+    pytest.importorskip("faiss")
+    from scan.search.index import Index
+
+    folder = tmp_path_factory.mktemp("served")
+    photos = make_photo_folder(flickr_records, folder)
+    Index.build(
+        photo_model,
+        photos,
+        folder / "photos.index",
+        captions=folder / "captions.txt",
+        cache=feature_cache,
+        progress=False,
+        workers=1,
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def served_index(served_folder):
+    from scan.search.index import Index
+
+    return Index.open(served_folder / "photos.index")

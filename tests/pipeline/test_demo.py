@@ -73,6 +73,10 @@ def test_demo_writes_the_whole_report_and_reuses_its_work(photos, report, capsys
     pixels = np.asarray(Image.open(pictures[0]).convert("L"), dtype=np.float32)
     assert pixels.std() > 10
 
+    # It ends with a search of its test photos, and the lines that search and serve its index.
+    assert f"scan search {out}/index " in printed and f"scan serve {out}/index\n" in printed
+    assert (out / "index" / "index.json").is_file()
+
     # Every trained model is a loadable folder; a second run reuses features and models.
     for name in ("baseline", "scan_t2i", "scan_i2t"):
         assert (out / "models" / name / "checkpoints" / "best" / "model.safetensors").exists()

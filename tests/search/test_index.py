@@ -206,3 +206,24 @@ def test_info_reports_what_the_index_holds(built):
     assert info["photos"] == NUM_PHOTOS and info["captions"] == 5 * NUM_PHOTOS
     assert info["first_stage"] == "flat"
     assert json.loads(json.dumps(info))  # printable as JSON
+
+
+def test_search_many_equals_one_search_per_query(built):
+    queries = ["a dog runs through the grass", "two people", "a girl in a pink dress"]
+    together = built.search_many(queries, k=4, shortlist=6)
+    assert [[h.id for h in hits] for hits in together] == [
+        [h.id for h in built.search(q, k=4, shortlist=6)] for q in queries
+    ]
+    with pytest.raises(ConfigError, match="unknown"):
+        built.search_many(["a dog", "zzqx qqzv"], k=2)
+
+
+def test_explain_is_the_attention_the_score_pools(built):
+    item = built.store.ids()[2]
+    seen = built.explain("a dog runs", item)
+    assert seen.words[0] == "<start>" and seen.words[-1] == "<end>"
+    assert seen.weights.shape == (len(seen.words), built.store.num_regions)
+    np.testing.assert_allclose(seen.weights.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(seen.boxes, built.store.boxes([item])[0])
+    exhaustive = {h.id: h.score for h in built.search("a dog runs", k=NUM_PHOTOS, exhaustive=True)}
+    assert seen.score == pytest.approx(exhaustive[item], rel=1e-5)

@@ -1,4 +1,4 @@
-"""`scan`: one console script with a subcommand per job (train, eval, vocab, extract, demo, index, search).
+"""`scan`: one console script with a subcommand per job (train, eval, vocab, extract, demo, index, search, serve).
 
 Each subcommand lives in its own module with a `main(argv=None)` so tests call it directly.
 Heavy imports happen inside the subcommand, so `scan --help` is instant.
@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "vocab": ("scan.cli.vocab", "build a vocabulary from training captions, or check one"),
     "index": ("scan.cli.index", "build or update a searchable index of a photo folder"),
     "search": ("scan.cli.search", "search an index: photos for a sentence, or captions for a photo"),
+    "serve": ("scan.cli.serve", "serve an index: a search page that shows why photos matched, and a JSON API"),
 }
 
 USAGE = (

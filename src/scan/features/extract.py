@@ -86,6 +86,7 @@ __all__ = [
     "extraction_settings",
     "load_image",
     "one_thread_per_image",
+    "rgb8",
 ]
 
 FORMAT = "scan-extract/1"  # bumped when the meaning of the written files changes
@@ -213,7 +214,7 @@ def load_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as opened:
             opened.load()
-            array = _rgb8(ImageOps.exif_transpose(opened))
+            array = rgb8(ImageOps.exif_transpose(opened))
     except FileNotFoundError:
         raise ImageLoadError(f"{path}: image file not found") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
@@ -223,7 +224,7 @@ def load_image(path: str | Path) -> np.ndarray:
     return array
 
 
-def _rgb8(image: Any) -> np.ndarray:
+def rgb8(image: Any) -> np.ndarray:
     """RGB ``uint8`` ``(H, W, 3)`` of a decoded PIL image, with 16-bit grey rescaled, not clipped.
 
     PIL decodes 16-bit grey files (PNG, TIFF) to the integer modes ``"I;16"``, ``"I;16B"``, ``"I"``,

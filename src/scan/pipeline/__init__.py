@@ -484,6 +484,8 @@ def run_demo(options: DemoOptions) -> dict[str, dict[str, Any]]:
     )
     print(f'\nsearch the test photos ("{DEMO_QUERY}": {", ".join(index.photo_path(h).name for h in top)}, ...):')
     print(f'  scan search {out}/index{suffix} "{DEMO_QUERY}"')
+    print("or in a browser, with where each word looked in each photo (then open http://127.0.0.1:8000):")
+    print(f"  scan serve {out}/index{suffix}")
     print(f"total time {time.time() - started:.0f} s")
     return results
 

@@ -14,15 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from scan.errors import ConfigError
 from scan.features.cache import DEFAULT_CACHE
 from scan.search.captions import CaptionHit
 from scan.search.index import AddSummary, Index
 from scan.search.two_stage import Hit
-from scan.similarity.functional import attend
 
 __all__ = [
     "IndexBuildOptions",
@@ -214,30 +210,16 @@ def search(options: SearchOptions) -> list[Hit] | list[CaptionHit]:
     return hits
 
 
-def _word_attention(index: Index, words: torch.Tensor, mask: torch.Tensor, regions: torch.Tensor) -> np.ndarray:
-    """`(W, R)` each word's attention over one photo's regions, with the model's attention settings."""
-    options = index.model.model.attention
-    _, weights = attend(words, regions, query_mask=mask, norm=options.norm, smooth=options.smooth)  # (1, W, R)
-    return weights[0].float().numpy()
-
-
 def explain_text_hits(index: Index, text: str, hits: list[Hit], out: Path) -> list[Path]:
     """For each photo found, where each word of the query looked: one picture per hit in `out`."""
-    from scan.search.two_stage import encode_texts
     from scan.viz.attention import draw_word_attention
 
-    tokenizer = index.model.tokenizer
-    ids = tokenizer.encode(text)
-    words, _lengths, mask = encode_texts(index.model, [text])  # (1, W, D), (1,), (1, W)
     written = []
     for rank, hit in enumerate(hits, start=1):
-        regions = torch.from_numpy(np.asarray(index.store.vectors([hit.id]), dtype=np.float32))  # (1, R, D)
-        weights = _word_attention(index, words, mask, regions)  # (W, R)
+        seen = index.explain(text, hit.id)
         photo = index.photo_path(hit)
         path = out / f"{rank:02d}_{photo.stem}.jpg"
-        draw_word_attention(
-            photo, index.store.boxes([hit.id])[0], tokenizer.tokens(ids), weights, path, caption=text, score=hit.score
-        )
+        draw_word_attention(photo, seen.boxes, seen.words, seen.weights, path, caption=text, score=hit.score)
         written.append(path)
     return written
 
@@ -246,18 +228,14 @@ def explain_image_hits(
     index: Index, photo: str | os.PathLike[str], hits: list[CaptionHit], out: Path, *, cache: str
 ) -> list[Path]:
     """For each caption found, where each of its words looked in the query photo: one picture per hit."""
-    from scan.search.two_stage import encode_texts
     from scan.viz.attention import draw_word_attention
 
     regions, boxes = index.encode_photo(photo, cache=cache)  # (1, R, D), (R, 4)
-    tokenizer = index.model.tokenizer
     written = []
     for rank, hit in enumerate(hits, start=1):
-        words, _lengths, mask = encode_texts(index.model, [hit.text])
-        weights = _word_attention(index, words, mask, regions)  # (W, R)
+        seen = index.explain_regions(hit.text, regions, boxes)
         path = out / f"{rank:02d}_caption{hit.id}.jpg"
-        ids = tokenizer.encode(hit.text)
-        draw_word_attention(Path(photo), boxes, tokenizer.tokens(ids), weights, path, caption=hit.text, score=hit.score)
+        draw_word_attention(Path(photo), boxes, seen.words, seen.weights, path, caption=hit.text, score=hit.score)
         written.append(path)
     return written
 

@@ -50,9 +50,18 @@ from scan.models.loading import TrainedModel, load_model
 from scan.search.captions import CaptionCollection, CaptionHit, read_caption_file
 from scan.search.first_stage import INDEX_KINDS, FirstStageIndex, choose_kind
 from scan.search.store import RegionStore
-from scan.search.two_stage import Hit, TwoStageSearch, global_head, global_image_vectors
+from scan.search.two_stage import (
+    Hit,
+    TwoStageSearch,
+    encode_texts,
+    global_head,
+    global_image_vectors,
+    query_ids,
+    score_rows,
+)
+from scan.similarity.functional import attend
 
-__all__ = ["REGION_CODECS", "AddSummary", "CaptionHit", "Hit", "Index"]
+__all__ = ["REGION_CODECS", "AddSummary", "CaptionHit", "Hit", "Index", "WordAttention"]
 
 MANIFEST_FILE = "index.json"
 STORE_FOLDER = "regions"
@@ -89,6 +98,23 @@ class AddSummary:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class WordAttention:
+    """Where each word of a text looked in one photo: what an attention picture draws.
+
+    Attributes:
+        words: The text's tokens as the model reads them (`<start>` and `<end>` included).
+        weights: `(W, R)` each word's attention over the photo's regions (each row sums to 1).
+        boxes: `(R, 4)` the regions' pixel boxes `(x1, y1, x2, y2)` in the upright photo.
+        score: The SCAN score of the text against the photo.
+    """
+
+    words: list[str]
+    weights: np.ndarray
+    boxes: np.ndarray
+    score: float
+
+
 def _check_positive(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -112,6 +138,7 @@ class Index:
         self.repaired = 0  # photos the first stage missed or held extra when opened (a killed update)
         self._load_images_index()
         self.captions = CaptionCollection(folder / CAPTIONS_FOLDER, model)
+        self._extractor: Any = None  # the region extractor for query photos, loaded by the first one
 
     # ------------------------------------------------------------------ creating and opening
 
@@ -440,28 +467,38 @@ class Index:
         paths: Sequence[str],
         hashes: Sequence[str],
         *,
+        encoded: bool = False,
         _locked: bool = False,
     ) -> list[int]:
         """Add items from precomputed region features `(n, R, F)` (and boxes `(n, R, 4)`); returns their ids.
 
         Items whose hash is already in the index are skipped. The first stage is saved by the
-        caller (`add_photos`) or here, when called directly.
+        caller (`add_photos`) or here, when called directly (and rebuilt as the approximate kind
+        once the collection outgrows exact search, with first stage "auto").
+
+        Args:
+            encoded: The features are already the model's region vectors `(n, R, D)` (made by
+                its image encoder elsewhere, e.g. by another process of a sharded build).
         """
         if not _locked:
             with FolderLock(self.folder, purpose=LOCK_PURPOSE):
-                ids = self.add_features(features, boxes, paths, hashes, _locked=True)
+                self.store = RegionStore.open(self.folder / STORE_FOLDER)  # another process may have added since
+                self._load_images_index()
+                ids = self.add_features(features, boxes, paths, hashes, encoded=encoded, _locked=True)
+                self._rebuild_if_outgrown()
                 self._save_images_index()
                 return ids
-        net = self.model.model
-        device = next(net.parameters()).device
-        batch = torch.as_tensor(np.asarray(features, dtype=np.float32))  # (n, R, F)
-        if batch.ndim != 3 or batch.shape[2] != int(self.model.config.model.image_dim):
-            raise DataError(
-                f"expected (n, R, {self.model.config.model.image_dim}) region features, got {tuple(batch.shape)}",
-                field="features",
-            )
-        with torch.no_grad():
-            regions = net.encode_image(batch.to(device)).float().cpu()  # (n, R, D)
+        batch = torch.as_tensor(np.asarray(features, dtype=np.float32))  # (n, R, F) or (n, R, D)
+        width = int(self.model.config.model.embed_dim if encoded else self.model.config.model.image_dim)
+        if batch.ndim != 3 or batch.shape[2] != width:
+            what = "encoded region vectors" if encoded else "region features"
+            raise DataError(f"expected (n, R, {width}) {what}, got {tuple(batch.shape)}", field="features")
+        if encoded:
+            regions = batch
+        else:
+            net = self.model.model
+            with torch.no_grad():
+                regions = net.encode_image(batch.to(next(net.parameters()).device)).float().cpu()  # (n, R, D)
         ids = self.store.append(regions.numpy(), list(paths), list(hashes), boxes)
         if ids:
             rows = {sha: row for row, sha in reversed(list(enumerate(hashes)))}  # first row of each hash
@@ -534,6 +571,14 @@ class Index:
             raise ConfigError(f"shortlist must be at least k ({k}), got {shortlist}")
         return min(shortlist, size)
 
+    def check_query(self, text: str) -> None:
+        """Raise ConfigError if `text` cannot be searched with (empty, or unknown words only)."""
+        query_ids(self.model, text)
+
+    def _searcher(self) -> TwoStageSearch:
+        assert self.images is not None  # the store is not empty, so _reconcile built it
+        return TwoStageSearch(self.model, self.store, self.images, head=self.head)
+
     def search(self, text: str, *, k: int = 10, shortlist: int | None = None, exhaustive: bool = False) -> list[Hit]:
         """The `k` photos that best match `text`, best first (ranked by SCAN; see `TwoStageSearch`).
 
@@ -542,10 +587,32 @@ class Index:
                 collection, shortlist < k.
         """
         shortlist = self._check_query(k, shortlist, len(self.store), "photos")
-        assert self.images is not None  # the store is not empty, so _reconcile built it
-        return TwoStageSearch(self.model, self.store, self.images, head=self.head).search(
-            text, k=k, shortlist=shortlist, exhaustive=exhaustive
-        )
+        return self._searcher().search(text, k=k, shortlist=shortlist, exhaustive=exhaustive)
+
+    def search_many(self, texts: Sequence[str], *, k: int = 10, shortlist: int | None = None) -> list[list[Hit]]:
+        """`search` for several texts at once (one first-stage call for all; equal results)."""
+        shortlist = self._check_query(k, shortlist, len(self.store), "photos")
+        return self._searcher().search_many(texts, k=k, shortlist=shortlist)
+
+    def explain(self, text: str, item: int) -> WordAttention:
+        """Where each word of `text` looks in the index's photo `item` (its stored regions).
+
+        Raises:
+            ConfigError: the text cannot be searched with.
+            StoreError: no such photo in the index.
+        """
+        query_ids(self.model, text)
+        regions = torch.from_numpy(np.asarray(self.store.vectors([int(item)]), dtype=np.float32))  # (1, R, D)
+        return self.explain_regions(text, regions, self.store.boxes([int(item)])[0])
+
+    def explain_regions(self, text: str, regions: torch.Tensor, boxes: np.ndarray) -> WordAttention:
+        """Where each word of `text` looks among encoded regions `(1, R, D)` with pixel `boxes` `(R, 4)`."""
+        words, lengths, mask = encode_texts(self.model, [text])  # (1, W, D), (1,), (1, W)
+        options = self.model.model.attention
+        _, weights = attend(words, regions, query_mask=mask, norm=options.norm, smooth=options.smooth)  # (1, W, R)
+        score = float(score_rows(self.model, regions, words, lengths)[0, 0])
+        tokens = self.model.tokenizer.tokens(self.model.tokenizer.encode(text))
+        return WordAttention(tokens, weights[0].float().numpy(), np.asarray(boxes, dtype=np.float32), score)
 
     def encode_photo(
         self, photo: str | os.PathLike[str], *, cache: str | os.PathLike[str] = DEFAULT_CACHE
@@ -562,11 +629,26 @@ class Index:
         result = next(featurise_photos([(path, sha256_file(path))], FeatureCache(cache, config), workers=1))
         if result.error is not None or result.features is None or result.boxes is None:
             raise DataError(f"cannot use the query photo: {result.error}", path=path)
+        return self._encode_regions(result.features), result.boxes
+
+    def encode_image(self, image: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """A decoded RGB photo's `(H, W, 3)` encoded regions `(1, R, D)` and boxes `(R, 4)`; nothing is cached.
+
+        For photos that are not files of the user's (an upload to `scan serve`): extracted as
+        the index's photos were, with the extraction models loaded once per `Index`.
+        """
+        if self._extractor is None:
+            from scan.features.extract import RegionExtractor
+
+            self._extractor = RegionExtractor(self._extract_config())
+        features, boxes, _detected = self._extractor.extract(image)
+        return self._encode_regions(features), boxes
+
+    def _encode_regions(self, features: np.ndarray) -> torch.Tensor:
         net = self.model.model
         with torch.no_grad():
-            features = torch.from_numpy(np.asarray(result.features, dtype=np.float32))[None]  # (1, R, F)
-            regions = net.encode_image(features.to(next(net.parameters()).device)).float().cpu()  # (1, R, D)
-        return regions, result.boxes
+            batch = torch.from_numpy(np.asarray(features, dtype=np.float32))[None]  # (1, R, F)
+            return net.encode_image(batch.to(next(net.parameters()).device)).float().cpu()  # (1, R, D)
 
     def search_image(
         self,
@@ -583,8 +665,15 @@ class Index:
             ConfigError: the index has no captions, k <= 0 or larger than the caption collection.
             DataError: the photo cannot be read.
         """
-        shortlist = self._check_query(k, shortlist, len(self.captions), "captions")
+        self._check_query(k, shortlist, len(self.captions), "captions")
         regions, _boxes = self.encode_photo(photo, cache=cache)
+        return self.search_captions(regions, k=k, shortlist=shortlist, exhaustive=exhaustive)
+
+    def search_captions(
+        self, regions: torch.Tensor, *, k: int = 10, shortlist: int | None = None, exhaustive: bool = False
+    ) -> list[CaptionHit]:
+        """The `k` captions that best describe a photo's encoded regions `(1, R, D)` (see `encode_image`)."""
+        shortlist = self._check_query(k, shortlist, len(self.captions), "captions")
         return self.captions.search(regions, k=k, shortlist=shortlist, exhaustive=exhaustive)
 
 

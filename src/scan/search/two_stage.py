@@ -50,6 +50,7 @@ __all__ = [
     "global_text_vector",
     "model_fingerprint",
     "open_collection",
+    "query_ids",
     "rank",
     "score_rows",
 ]
@@ -164,6 +165,24 @@ def encode_texts(model: TrainedModel, texts: Sequence[str]) -> tuple[torch.Tenso
     return words.float().cpu(), lengths, mask.cpu()
 
 
+def query_ids(model: TrainedModel, text: str) -> list[int]:
+    """The token ids of a query, checked: something to search with.
+
+    Raises:
+        ConfigError: the query is not a text, is empty or whitespace, or the vocabulary knows
+            none of its words.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"query must be a non-empty text, got {text!r}")
+    tokenizer = model.tokenizer
+    ids = tokenizer.encode(text)  # wrapped in the start and end ids
+    inner = ids[1:-1]
+    unk = getattr(tokenizer, "unk_id", None)
+    if not inner or (unk is not None and all(token == unk for token in inner)):
+        raise ConfigError(f"query {text!r}: every word is unknown to the model's vocabulary; nothing to search with")
+    return ids
+
+
 def score_rows(model: TrainedModel, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
     """`(N, M)` float32 SCAN scores of encoded images `(N, R, D)` against encoded texts `(M, W, D)`."""
     device = _model_device(model.model)
@@ -218,16 +237,7 @@ class TwoStageSearch:
         Raises:
             ConfigError: the query is empty or whitespace, or the vocabulary knows none of its words.
         """
-        if not isinstance(text, str) or not text.strip():
-            raise ConfigError(f"query must be a non-empty text, got {text!r}")
-        tokenizer = self.model.tokenizer
-        ids = tokenizer.encode(text)  # wrapped in the start and end ids
-        inner = ids[1:-1]
-        unk = getattr(tokenizer, "unk_id", None)
-        if not inner or (unk is not None and all(token == unk for token in inner)):
-            raise ConfigError(
-                f"query {text!r}: every word is unknown to the model's vocabulary; nothing to search with"
-            )
+        ids = query_ids(self.model, text)
         net = self.model.model
         device = _model_device(net)
         tokens = torch.tensor([ids], dtype=torch.long)  # (1, W)
@@ -262,11 +272,7 @@ class TwoStageSearch:
             ConfigError: `k` or `shortlist` is not a positive integer, `shortlist` < `k`, or the
                 query is empty or made only of unknown words.
         """
-        for name, value in (("k", k), ("shortlist", shortlist)):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if shortlist < k:
-            raise ConfigError(f"shortlist must be at least k ({k}), got {shortlist}")
+        _check_sizes(k, shortlist)
         words, lengths = self.encode_query(text)  # (1, W, D), (1,)
 
         first: np.ndarray | None
@@ -280,12 +286,39 @@ class TwoStageSearch:
             ]
             scores = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)  # (n,)
         else:
-            mask = torch.ones(words.shape[:2], dtype=torch.bool)  # (1, W): one unpadded query
-            query = global_text_vector(words, mask, self.head).numpy()  # (1, D)
+            query = self._global_query(words)  # (1, D)
             first_scores, first_ids = self.index.search(query, int(shortlist))  # (1, s), (1, s)
             candidates, first = first_ids[0], first_scores[0]  # (s,), (s,)
             scores = self._scan_scores(candidates.tolist(), words, lengths)  # (s,)
+        return self._hits(candidates, scores, first, k)
 
+    def search_many(self, texts: Sequence[str], *, k: int = 10, shortlist: int = 100) -> list[list[Hit]]:
+        """`search` for several queries at once: one first-stage call for all, then a re-rank each.
+
+        Equal to `[search(t, k=k, shortlist=shortlist) for t in texts]`; a server that gathers
+        concurrent queries saves the per-call overhead of the first stage (one matrix product
+        over the index instead of one per query).
+
+        Raises:
+            ConfigError: as `search`, for the first bad query (none is searched then).
+        """
+        _check_sizes(k, shortlist)
+        encoded = [self.encode_query(text) for text in texts]  # [(1, W_i, D), (1,)]
+        if not encoded:
+            return []
+        queries = np.concatenate([self._global_query(words) for words, _ in encoded])  # (Q, D)
+        first_scores, first_ids = self.index.search(queries, int(shortlist))  # (Q, s), (Q, s)
+        return [
+            self._hits(first_ids[row], self._scan_scores(first_ids[row].tolist(), words, lengths), first_scores[row], k)
+            for row, (words, lengths) in enumerate(encoded)
+        ]
+
+    def _global_query(self, words: torch.Tensor) -> np.ndarray:
+        """`(1, D)` the first-stage vector of one encoded, unpadded query `(1, W, D)`."""
+        mask = torch.ones(words.shape[:2], dtype=torch.bool)  # (1, W)
+        return global_text_vector(words, mask, self.head).numpy()
+
+    def _hits(self, candidates: np.ndarray, scores: np.ndarray, first: np.ndarray | None, k: int) -> list[Hit]:
         return [
             Hit(
                 id=int(candidates[i]),
@@ -295,6 +328,14 @@ class TwoStageSearch:
             )
             for i in rank(scores, candidates, k)
         ]
+
+
+def _check_sizes(k: object, shortlist: object) -> None:
+    for name, value in (("k", k), ("shortlist", shortlist)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if shortlist < k:  # type: ignore[operator]
+        raise ConfigError(f"shortlist must be at least k ({k}), got {shortlist}")
 
 
 # ---------------------------------------------------------------------------------- building
