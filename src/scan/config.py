@@ -99,6 +99,9 @@ class TrainConfig:
     margin: float = 0.2  # alpha of the hinge triplet loss
     global_loss_weight: float = 1.0  # weight of the global head's triplet term (0: head not trained)
     max_violation: bool = True  # hardest negative only (VSE++); False sums over all negatives
+    # Under torchrun: search negatives over the whole global batch (embeddings gathered from every
+    # rank, with gradients), not only within each rank's share (scan.train.parallel).
+    cross_rank_negatives: bool = False
     sum_negatives_epochs: int = 0  # first epochs sum over all negatives before hardest-only (small data)
     grad_clip: float = 2.0  # clip the global gradient norm to this (0: no clipping)
     val_every_steps: int = 0  # also validate every N steps (0: only at the end of each epoch)

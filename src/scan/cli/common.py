@@ -53,3 +53,29 @@ def report_user_errors(function: Callable[..., int]) -> Callable[..., int]:
             warnings.showwarning = previous
 
     return wrapper
+
+
+def relaunch_with_torchrun(command: str, argv: list[str] | None, processes: int) -> int:
+    """`scan COMMAND --nproc N ...`: the same command under `torchrun --standalone` with N processes.
+
+    torchrun starts and watches the processes (one failing stops the others); this is only the
+    shorthand for its command line on one machine, printed so it can be reused on others.
+    """
+    import shlex
+    import subprocess
+
+    if processes < 1:
+        print("scan: error: --nproc must be at least 1", file=sys.stderr)
+        return 2
+    rest = list(sys.argv[2:] if argv is None else argv)
+    for i, value in enumerate(rest):  # drop "--nproc N" / "--nproc=N"
+        if value == "--nproc":
+            del rest[i : i + 2]
+            break
+        if value.startswith("--nproc="):
+            del rest[i]
+            break
+    line = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    line += ["-m", "scan", command, *rest]
+    print("scan: running " + shlex.join(["torchrun", *line[3:]]), file=sys.stderr)
+    return subprocess.call(line)

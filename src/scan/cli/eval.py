@@ -56,12 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=128, help="items per encoder batch")
     parser.add_argument("--json", help="also write the results here (atomically)")
+    parser.add_argument("--save-scores", default="", help="also write each model's score matrix to DIR/NAME.npy")
+    parser.add_argument(
+        "--nproc", type=int, default=0, help="score on N processes of this machine (torchrun; image rows split)"
+    )
     return parser
 
 
 @report_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.nproc:
+        from scan.cli.common import relaunch_with_torchrun
+
+        return relaunch_with_torchrun("eval", argv, args.nproc)
     from scan import pipeline
 
     pipeline.evaluate(
@@ -78,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             scoring_precision=args.scoring_precision,
             batch_size=args.batch_size,
             json_path=args.json or "",
+            scores_dir=args.save_scores,
         )
     )
     return 0

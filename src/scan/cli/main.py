@@ -1,4 +1,4 @@
-"""`scan`: one console script with a subcommand per job (train, eval, vocab, extract, demo, index, search, serve).
+"""`scan`: one console script with a subcommand per job (train, eval, vocab, extract, demo, index, search, serve, import-original).
 
 Each subcommand lives in its own module with a `main(argv=None)` so tests call it directly.
 Heavy imports happen inside the subcommand, so `scan --help` is instant.
@@ -17,12 +17,16 @@ SUBCOMMANDS = {
     "vocab": ("scan.cli.vocab", "build a vocabulary from training captions, or check one"),
     "index": ("scan.cli.index", "build or update a searchable index of a photo folder"),
     "search": ("scan.cli.search", "search an index: photos for a sentence, or captions for a photo"),
+    "import-original": (
+        "scan.cli.import_original",
+        "convert the SCAN authors' released checkpoint into a model folder",
+    ),
     "serve": ("scan.cli.serve", "serve an index: a search page that shows why photos matched, and a JSON API"),
 }
 
 USAGE = (
     "usage: scan <command> [options]\n\ncommands:\n"
-    + "\n".join(f"  {name:<9}{help_text}" for name, (_, help_text) in SUBCOMMANDS.items())
+    + "\n".join(f"  {name:<17}{help_text}" for name, (_, help_text) in SUBCOMMANDS.items())
     + "\n\nRun `scan <command> --help` for the options of one command."
 )
 

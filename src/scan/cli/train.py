@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  scan train --config f30k_t2i_avg --data data/f30k_precomp --run-dir runs/f30k_t2i_avg\n"
             "  scan train --config configs/f30k_i2t_lse.yaml --data data/f30k_precomp train.epochs=5 model.agg=Mean\n"
-            "  scan train --config f30k_t2i_avg --data data/f30k_precomp --run-dir runs/f30k_t2i_avg --resume"
+            "  scan train --config f30k_t2i_avg --data data/f30k_precomp --run-dir runs/f30k_t2i_avg --resume\n"
+            "  torchrun --nproc-per-node 4 -m scan train --config f30k_t2i_avg --data data/f30k_precomp  (4 GPUs)\n"
+            "  scan train --nproc 2 --config synthetic --data data/synthetic --device cpu   (2 processes, Gloo)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -29,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint"
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=0,
+        help="train on N processes of this machine (runs torchrun --standalone --nproc-per-node N -m scan train ...)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="e.g. train.lr=1e-4 model.agg=Mean")
     return parser
 
@@ -36,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 @report_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.nproc:
+        from scan.cli.common import relaunch_with_torchrun
+
+        return relaunch_with_torchrun("train", argv, args.nproc)
     from scan import pipeline
 
     flags = {"data.path": args.data, "train.run_dir": args.run_dir, "train.device": args.device}

@@ -26,6 +26,7 @@ from scan.config import Config
 from scan.data.collate import ImageDataset, TextDataset, collate_images, collate_texts
 from scan.data.precomp import PrecompSplit
 from scan.data.vocab import unknown_token_rate
+from scan.distributed import World, gather_rows
 from scan.errors import ModelMismatchError
 from scan.features.extract import ExtractConfig, extraction_settings
 from scan.models.scan import SCAN
@@ -143,7 +144,21 @@ def encode_split(
     return EncodedSplit(images=images, captions=captions, lengths=torch.cat(length_chunks), caption_image=caption_image)
 
 
-def score_split(model: SCAN, encoded: EncodedSplit, *, device: torch.device, **kwargs) -> np.ndarray:
-    """`(N, M)` scores of an encoded split, computed on `device` block by block."""
-    scores = model.score_matrix(encoded.images.to(device), encoded.captions, encoded.lengths, **kwargs)
-    return scores.numpy()
+def score_split(
+    model: SCAN, encoded: EncodedSplit, *, device: torch.device, current: World | None = None, **kwargs
+) -> np.ndarray:
+    """`(N, M)` scores of an encoded split, computed on `device` block by block.
+
+    Args:
+        current: With several ranks (torchrun), each scores its contiguous block of image rows
+            and the blocks are gathered in order, so every rank returns the whole matrix; every
+            rank must call this then. None: this process scores everything.
+    """
+    if current is None or not current.distributed:
+        return model.score_matrix(encoded.images.to(device), encoded.captions, encoded.lengths, **kwargs).numpy()
+    count = encoded.images.shape[0]
+    start, end = count * current.rank // current.size, count * (current.rank + 1) // current.size
+    block = model.score_matrix(encoded.images[start:end].to(device), encoded.captions, encoded.lengths, **kwargs)
+    # NCCL gathers GPU tensors, Gloo CPU ones.
+    carrier = device if current.backend == "nccl" else torch.device("cpu")
+    return gather_rows(block.to(carrier), current).cpu().numpy()

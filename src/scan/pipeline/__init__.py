@@ -28,6 +28,7 @@ import torch
 from scan.atomic import write_text_atomic
 from scan.config import dump_config, load_config
 from scan.data.precomp import PrecompSplit, read_lines
+from scan.distributed import World
 from scan.errors import ConfigError, DataError
 from scan.evaluate.encode import check_split_fits_model, encode_split, score_split
 from scan.evaluate.metrics import retrieval_metrics
@@ -66,16 +67,21 @@ def train(
     if print_config:
         print(dump_config(config))
         return None
+    from scan.distributed import init_from_env
     from scan.train import recipe
 
-    run = recipe.setup(config, resume=resume)
-    print(
-        f"training {config.model.architecture} ({config.model.direction}) for {run.total_steps} steps "
-        f"on {run.device}; run dir {run.run_dir}"
-    )
+    current = init_from_env(config.train.device)  # a world of one unless torchrun started us
+    run = recipe.setup(config, resume=resume, current=current)
+    if current.main:
+        processes = f" x {current.size} processes ({current.backend})" if current.distributed else ""
+        print(
+            f"training {config.model.architecture} ({config.model.direction}) for {run.total_steps} steps "
+            f"on {run.device}{processes}; run dir {run.run_dir}"
+        )
     summary = recipe.train(run)
     recipe.cleanup(run)
-    print(json.dumps(summary))
+    if current.main:
+        print(json.dumps(summary))
     return summary
 
 
@@ -134,6 +140,7 @@ class EvalOptions:
     scoring_precision: str = "auto"  # pairwise scores: auto, fp32 (exact), tf32, bf16
     batch_size: int = 128  # items per encoder batch
     json_path: str = ""  # also write the results here
+    scores_dir: str = ""  # also write each model's (N, M) score matrix here, as NAME.npy
 
 
 def evaluate(options: EvalOptions) -> dict[str, dict[str, Any]]:
@@ -143,8 +150,16 @@ def evaluate(options: EvalOptions) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"--name: give one per --model ({len(options.models)} models, {len(names)} names)")
     if options.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {options.batch_size}")
+    from scan.distributed import init_from_env
+
+    current = init_from_env(options.device)  # a world of one unless torchrun started us
     device = resolve_device(options.device)
+    if current.distributed and device.type == "cuda":
+        device = torch.device("cuda", current.local_rank)
     models = [load_model(path, device=device) for path in options.models]
+    matrices: dict[str, np.ndarray] = {}
+    if current.distributed and not (Path(options.data) / f"{options.split}_ims.npy").exists():
+        raise ConfigError("a distributed evaluation reads precomputed features: extract them first (scan extract)")
     folder, split_name = features_for_models(Path(options.data), options.split, models, cache=options.features_cache)
     split = PrecompSplit.open(folder, split_name)
     results = evaluate_models(
@@ -157,7 +172,19 @@ def evaluate(options: EvalOptions) -> dict[str, dict[str, Any]]:
         backend=options.backend,
         scoring_precision=options.scoring_precision,
         batch_size=options.batch_size,
+        current=current,
+        matrices_out=matrices,
     )
+    if not current.main:
+        return results
+    if options.scores_dir:
+        from scan.atomic import atomic_open
+
+        Path(options.scores_dir).mkdir(parents=True, exist_ok=True)
+        for name, scores in matrices.items():
+            with atomic_open(Path(options.scores_dir) / f"{name}.npy", "wb") as handle:
+                np.save(handle, scores)
+        print(f"wrote {len(matrices)} score matrices (images x captions) to {options.scores_dir}")
     print(format_table({k: {m: v for m, v in r.items() if m != "folds"} for k, r in results.items()}))
     if options.json_path:
         write_json(results, options.json_path)
@@ -176,11 +203,15 @@ def evaluate_models(
     backend: str = "auto",
     scoring_precision: str = "auto",
     batch_size: int = 128,
+    current: World | None = None,
+    matrices_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score each model on the split; `{row name: metrics}` for every protocol.
 
     The encoders run at each model's own training precision; the pairwise scores at
     `scoring_precision` (`fp32` is exact), which is the caller's choice, not the model's.
+    With several ranks (`current`), each scores its block of image rows (`score_split`).
+    `matrices_out`, when given, receives each model's score matrix by name.
     """
     for trained in models:  # every model must fit the features before any of them is encoded
         check_split_fits_model(trained.config, split, model_folder=trained.folder)
@@ -193,8 +224,10 @@ def evaluate_models(
             trained.model, split, trained.tokenizer, device=device, precision=encoder_precision, batch_size=batch_size
         )
         scores = score_split(
-            trained.model, encoded, device=device, backend=backend, precision=scoring_precision
+            trained.model, encoded, device=device, current=current, backend=backend, precision=scoring_precision
         )  # (N, M)
+        if matrices_out is not None:
+            matrices_out[name] = scores
         caption_image = encoded.caption_image
         matrices.append(scores)
         for protocol in protocols:

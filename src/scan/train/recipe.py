@@ -16,6 +16,7 @@ process trains a run directory at a time: `train` holds the folder's lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -36,6 +37,7 @@ from scan.atomic import FolderLock, write_text_atomic
 from scan.config import Config, config_from_dict, dump_config, fields_saved_before_they_existed
 from scan.data.collate import CaptionDataset, collate_captions
 from scan.data.precomp import PrecompSplit
+from scan.distributed import World, world
 from scan.errors import ConfigError
 from scan.evaluate.encode import encode_split, score_split
 from scan.evaluate.metrics import retrieval_metrics
@@ -44,7 +46,8 @@ from scan.losses import triplet_loss
 from scan.models.scan import SCAN, build_model
 from scan.models.tokenizers import build_tokenizer
 from scan.runtime import autocast, resolve_device, resolve_precision
-from scan.train.schedule import EpochBatches, learning_rate
+from scan.train.parallel import ShardedBatches, TrainingForward, batches_per_epoch
+from scan.train.schedule import learning_rate
 
 # Fields that may differ between a run and its resumption without changing what is computed.
 # Fields that setup fills in from the data, so a fresh config does not know them yet.
@@ -84,6 +87,8 @@ class Run:
     best_step: int = -1
     validation_pending: bool = False  # a validation was interrupted; resume redoes it first
     history: list[dict[str, Any]] = field(default_factory=list)
+    world: World = field(default_factory=World)  # this process among those torchrun started
+    trainer: torch.nn.Module | None = None  # the DDP-wrapped training forward, when several processes train
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -93,6 +98,8 @@ class Run:
 def _log(run: Run, record: dict[str, Any]) -> None:
     """Append one JSON line to metrics.jsonl (flushed: a crash loses at most the current line)."""
     run.history.append(record)
+    if not run.world.main:
+        return
     with open(run.run_dir / "metrics.jsonl", "a") as handle:
         handle.write(json.dumps(record) + "\n")
         handle.flush()
@@ -122,8 +129,13 @@ def _config_differences(saved: Config, wanted: Config, *, predated: AbstractSet[
     return out
 
 
-def setup(config: Config, *, resume: bool = False) -> Run:
-    """Build data, vocabulary, model and optimizer; restore the latest checkpoint if resuming."""
+def setup(config: Config, *, resume: bool = False, current: World | None = None) -> Run:
+    """Build data, vocabulary, model and optimizer; restore the latest checkpoint if resuming.
+
+    Under torchrun (`current` has several ranks) every rank builds the same model and reads the
+    same data; rank 0 alone writes into the run directory and holds its lock.
+    """
+    current = current or world()
     run_dir = Path(config.train.run_dir)
     latest = run_dir / "checkpoints" / "latest"
     if latest.exists() and not resume:
@@ -147,10 +159,11 @@ def setup(config: Config, *, resume: bool = False) -> Run:
             section, name = key.split(".")
             setattr(getattr(saved, section), name, getattr(getattr(config, section), name))
         config = saved
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if current.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     # Everything below writes into the run directory: not while another process trains it.
-    with FolderLock(run_dir, purpose="scan train"):
-        if not resume:  # lines of an earlier start that died before its first checkpoint: a lost run
+    with FolderLock(run_dir, purpose="scan train") if current.main else contextlib.nullcontext():
+        if not resume and current.main:  # lines of an earlier start that died before its first checkpoint: a lost run
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         torch.manual_seed(config.train.seed)
 
@@ -165,13 +178,16 @@ def setup(config: Config, *, resume: bool = False) -> Run:
             train_captions=train_split.captions,
             vocab_file=config.data.vocab or (str(vocab_path) if resume else ""),
         )
-        tokenizer.save(vocab_path)
+        if current.main:
+            tokenizer.save(vocab_path)
         config.model.vocab_size = len(tokenizer)
         config.model.image_dim = train_split.feature_dim
         # Features made by `scan extract` record how; remember it, to featurise new photos the same way.
         config.data.extract = extraction_settings(config.data.path, config.data.train_split) or {}
 
         device = resolve_device(config.train.device)
+        if current.distributed and device.type == "cuda":  # one GPU per process: its LOCAL_RANK's
+            device = torch.device("cuda", current.local_rank)
         precision = resolve_precision(config.train.precision, device)
         model = build_model(config.model).to(device)
         model.scoring_backend = config.train.scoring_backend
@@ -180,7 +196,7 @@ def setup(config: Config, *, resume: bool = False) -> Run:
         optimizer = torch.optim.Adam(trainable, lr=config.train.lr)
 
         train_set = CaptionDataset(train_split, tokenizer)
-        steps_per_epoch = EpochBatches.batches_per_epoch(len(train_set), config.data.batch_size)
+        steps_per_epoch = batches_per_epoch(len(train_set), config.data.batch_size, current.size)
         total_steps = steps_per_epoch * config.train.epochs
         if config.train.max_steps > 0:
             total_steps = min(total_steps, config.train.max_steps)
@@ -196,10 +212,18 @@ def setup(config: Config, *, resume: bool = False) -> Run:
             val_split=val_split,
             steps_per_epoch=steps_per_epoch,
             total_steps=total_steps,
+            world=current,
         )
         if resume:
             _restore(run, latest)
-        write_text_atomic(run_dir / ckpt.CONFIG_FILE, dump_config(config))
+        if current.main:
+            write_text_atomic(run_dir / ckpt.CONFIG_FILE, dump_config(config))
+    if current.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = TrainingForward(model, current, cross_rank_negatives=config.train.cross_rank_negatives)
+        # Constructing DDP broadcasts rank 0's weights: every rank starts from the same model.
+        run.trainer = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     return run
 
 
@@ -216,7 +240,13 @@ def _restore(run: Run, folder: Path) -> None:
     state = ckpt.read_state(folder)
     ckpt.load_weights(folder, run.model)
     ckpt.load_optimizer(folder, run.optimizer, state)
-    ckpt.set_rng_state(state["rng"])
+    ckpt.set_rng_state(state["rng"])  # one process; several reseed at every step (_seed_step)
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != run.world.size and run.world.main:
+        print(
+            f"scan: warning: {folder} was trained by {saved_world} process(es), resumed by {run.world.size}: "
+            "it continues, but not with the exact updates the original world size would have made"
+        )
     run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
     run.best_rsum, run.best_step = state["best_rsum"], state["best_step"]
     run.validation_pending = bool(state.get("validation_pending", False))
@@ -239,6 +269,7 @@ def save(run: Run, *, is_best: bool = False) -> Path:
         "best_step": run.best_step,
         "validation_pending": run.validation_pending,
         "rng": ckpt.rng_state(),
+        "world_size": run.world.size,
         "config": run.config.to_dict(),
     }
     folder = ckpt.save_checkpoint(
@@ -285,7 +316,18 @@ def _validate_and_save(run: Run) -> None:
 
     `validation_pending` is set for as long as the validation runs: an interrupt inside it saves
     a checkpoint that says so, and the resumed run validates that step before training on.
+    With several processes, rank 0 validates and saves while the others wait for it.
     """
+    if not run.world.main:
+        run.world.barrier()
+        return
+    try:
+        _validate_and_save_main(run)
+    finally:
+        run.world.barrier()
+
+
+def _validate_and_save_main(run: Run) -> None:
     if run.val_split is None:
         save(run)
         return
@@ -299,16 +341,31 @@ def _validate_and_save(run: Run) -> None:
     save(run, is_best=is_best)
 
 
+def _seed_step(run: Run) -> None:
+    """With several processes, dropout's draws are a function of (seed, step, rank).
+
+    So a resumed run draws what the uninterrupted one drew on every rank, with no per-rank RNG
+    state to checkpoint; one process keeps its checkpointed stream (and its exact old results).
+    """
+    if run.world.distributed:
+        torch.manual_seed((run.config.train.seed * 1_000_003 + run.step) * 4099 + run.world.rank)
+
+
 def _train_step(run: Run, batch) -> dict[str, float]:
     batch = batch.to(run.device)
+    _seed_step(run)
+    image_ids = batch.image_ids
     with autocast(run.device, run.precision):
         # One encoding of the batch gives both score matrices; global_scores is None without a head.
-        scores, global_scores = run.model.forward_with_global(batch.images, batch.tokens, batch.lengths)  # (B, B)
+        if run.trainer is not None:
+            scores, global_scores, image_ids = run.trainer(batch.images, batch.tokens, batch.lengths, batch.image_ids)
+        else:
+            scores, global_scores = run.model.forward_with_global(batch.images, batch.tokens, batch.lengths)  # (B, B)
     # Hardest negatives alone give little signal while the embedding is still random, which
     # matters on small data sets; the sum over negatives first warms it up.
     max_violation = run.config.train.max_violation and run.epoch >= run.config.train.sum_negatives_epochs
     terms = triplet_loss(
-        scores.float(), margin=run.config.train.margin, max_violation=max_violation, image_ids=batch.image_ids
+        scores.float(), margin=run.config.train.margin, max_violation=max_violation, image_ids=image_ids
     )
     if global_scores is not None:
         # The first stage of two-stage search ranks by these cosines: the same hinge trains them,
@@ -317,7 +374,7 @@ def _train_step(run: Run, batch) -> dict[str, float]:
             global_scores.float(),
             margin=run.config.train.margin,
             max_violation=max_violation,
-            image_ids=batch.image_ids,
+            image_ids=image_ids,
         )
         terms["global_loss"] = global_terms["loss"].detach()
         terms["scan_loss"] = terms["loss"].detach()
@@ -344,9 +401,10 @@ def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str
     config = run.config
     every = config.train.val_every_steps
     checkpoint_every = config.train.checkpoint_every_steps
-    lock = FolderLock(run.run_dir, purpose="scan train").acquire()
+    lock = FolderLock(run.run_dir, purpose="scan train").acquire() if run.world.main else None
     previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    bar = tqdm(total=run.total_steps, initial=run.step, disable=not config.train.progress, desc="train", unit="step")
+    show = config.train.progress and run.world.main
+    bar = tqdm(total=run.total_steps, initial=run.step, disable=not show, desc="train", unit="step")
     started = time.time()
     try:
         if run.validation_pending:  # the run was stopped inside a validation: finish it first
@@ -361,12 +419,13 @@ def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str
             )
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
-            batches = EpochBatches(
+            batches = ShardedBatches(
                 num_items=len(run.train_set),
                 batch_size=config.data.batch_size,
                 seed=config.train.seed,
                 epoch=run.epoch,
                 start=run.batch_in_epoch,
+                world=run.world,
             )
             loader = DataLoader(
                 run.train_set,
@@ -386,6 +445,7 @@ def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str
                 bar.update(1)
                 bar.set_postfix(epoch=run.epoch, loss=f"{values['loss']:.3f}", best_rsum=f"{max(run.best_rsum, 0):.1f}")
                 if run.step % config.train.log_every_steps == 0:
+                    values = _mean_over_ranks(run, values)
                     _log(
                         run,
                         {
@@ -404,22 +464,34 @@ def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str
                     run.batch_in_epoch = 0
                 if end_of_epoch or (every and run.step % every == 0) or run.step == run.total_steps:
                     _validate_and_save(run)
-                elif checkpoint_every and run.step % checkpoint_every == 0:
+                elif checkpoint_every and run.step % checkpoint_every == 0 and run.world.main:
                     save(run)
                 if run.step >= run.total_steps:
                     break
     except KeyboardInterrupt:
         bar.close()
-        save(run)
-        print(
-            f"\ninterrupted at step {run.step}; checkpoint saved. Continue with: scan train --resume --run-dir {run.run_dir}"
-        )
+        if run.world.main:
+            save(run)
+            print(
+                f"\ninterrupted at step {run.step}; checkpoint saved. Continue with: scan train --resume --run-dir {run.run_dir}"
+            )
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
-        lock.release()
+        if lock is not None:
+            lock.release()
     return {"steps": run.step, "best_rsum": run.best_rsum, "best_step": run.best_step, "run_dir": str(run.run_dir)}
+
+
+def _mean_over_ranks(run: Run, values: dict[str, float]) -> dict[str, float]:
+    """The logged figures of a step, averaged over the ranks (each computed its own share's)."""
+    if not run.world.distributed:
+        return values
+    names = sorted(values)
+    totals = torch.tensor([values[name] for name in names], dtype=torch.float64)
+    torch.distributed.all_reduce(totals)
+    return {name: float(total) / run.world.size for name, total in zip(names, totals.tolist(), strict=True)}
 
 
 def cleanup(run: Run) -> None:
