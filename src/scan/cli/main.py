@@ -1,4 +1,4 @@
-"""`scan`: one console script with a subcommand per job (train, eval, vocab, extract, demo, index, search, serve, import-original).
+"""`scan`: one console script with a subcommand per job (train, eval, vocab, extract, demo, index, search, serve, import-original, convert).
 
 Each subcommand lives in its own module with a `main(argv=None)` so tests call it directly.
 Heavy imports happen inside the subcommand, so `scan --help` is instant.
@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "train": ("scan.cli.train", "train a model on precomputed region features"),
     "eval": ("scan.cli.eval", "evaluate trained models (or their ensemble) with the papers' protocols"),
     "extract": ("scan.cli.extract", "turn raw photos into region features (the precomputed layout)"),
+    "convert": ("scan.cli.convert", "store region features as float16 (half the disk) or float32"),
     "vocab": ("scan.cli.vocab", "build a vocabulary from training captions, or check one"),
     "index": ("scan.cli.index", "build or update a searchable index of a photo folder"),
     "search": ("scan.cli.search", "search an index: photos for a sentence, or captions for a photo"),
