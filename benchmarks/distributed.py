@@ -28,10 +28,10 @@ from pathlib import Path
 CONFIG = "demo_flickr8k"
 
 
-def run(processes: int, features: Path, run_dir: Path, overrides: list[str], threads: int) -> None:
+def run(processes: int, features: Path, run_dir: Path, overrides: list[str], threads: int, device: str = "cpu") -> None:
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    args = ["train", "--config", CONFIG, "--data", str(features), "--run-dir", str(run_dir), "--device", "cpu"]
+    args = ["train", "--config", CONFIG, "--data", str(features), "--run-dir", str(run_dir), "--device", device]
     args += ["train.progress=false", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if processes == 1:
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="where the runs go (replaced)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--quality", action="store_true", help="also train the whole recipe three ways")
+    parser.add_argument("--device", default="cpu", help="cpu (Gloo), or cuda (NCCL: one GPU per process)")
     args = parser.parse_args()
     out, features = Path(args.out), Path(args.features)
     cores = os.cpu_count() or 1
@@ -70,7 +71,7 @@ def main() -> None:
         run_dir = out / f"speed-{name}"
         overrides = [f"train.max_steps={args.steps}", "train.log_every_steps=10", "train.checkpoint_every_steps=0"]
         overrides.append("data.val_split=")  # no validation inside the timed loop (rank 0 would do it alone)
-        run(processes, features, run_dir, [*overrides, *extra], threads)
+        run(processes, features, run_dir, [*overrides, *extra], threads, args.device)
         logged = [r for r in records(run_dir) if "time" in r]
         first, last = logged[0], logged[-1]
         rate = (last["step"] - first["step"]) / (last["time"] - first["time"])
@@ -87,7 +88,7 @@ def main() -> None:
             ("2 processes, negatives over the whole batch", 2, max(1, cores // 2), ["train.cross_rank_negatives=true"]),
         ]:
             run_dir = out / ("quality-" + name.replace(" ", "-").replace(",", "").replace("'", ""))
-            run(processes, features, run_dir, extra, threads)
+            run(processes, features, run_dir, extra, threads, args.device)
             dev = [r for r in records(run_dir) if "rsum" in r]
             best = max(dev, key=lambda r: r["rsum"])
             print(f"| {name} | {best['rsum']:.1f} | {best['step']} |")

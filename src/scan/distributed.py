@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from scan.errors import ConfigError
 
-__all__ = ["World", "all_gather_with_grad", "gather_rows", "init_from_env", "world"]
+__all__ = ["World", "all_gather_with_grad", "finish", "gather_rows", "init_from_env", "world"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,17 @@ def init_from_env(device: str = "auto", *, timeout_s: float = 1800.0) -> World:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend="nccl" if use_gpu else "gloo", timeout=timedelta(seconds=timeout_s))
     return world()
+
+
+def finish(current: World) -> None:
+    """Leave the process group together: wait for every rank, then tear it down.
+
+    A rank that simply exits while Gloo's threads still run aborts the process ("terminate
+    called without an active exception"), and torchrun reports the whole job failed.
+    """
+    if current.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def gather_rows(block: torch.Tensor, current: World) -> torch.Tensor:

@@ -227,3 +227,19 @@ def test_explain_is_the_attention_the_score_pools(built):
     np.testing.assert_array_equal(seen.boxes, built.store.boxes([item])[0])
     exhaustive = {h.id: h.score for h in built.search("a dog runs", k=NUM_PHOTOS, exhaustive=True)}
     assert seen.score == pytest.approx(exhaustive[item], rel=1e-5)
+
+
+def test_encoded_region_vectors_are_added_as_they_are(built, tmp_path):
+    model = built.model
+    copy = Index.create(tmp_path / "encoded.index", model)
+    ids = built.store.ids()[:5]
+    regions = np.asarray(built.store.vectors(ids), dtype=np.float32)  # (5, R, D): already encoded
+    paths = [built.store.item(i)["path"] for i in ids]
+    hashes = [built.store.item(i)["sha256"] for i in ids]
+    added = copy.add_features(regions, built.store.boxes(ids), paths, hashes, encoded=True)
+    assert len(added) == 5
+    np.testing.assert_array_equal(np.asarray(copy.store.vectors(added)), np.asarray(built.store.vectors(ids)))
+    with pytest.raises(DataError, match="encoded region vectors"):
+        copy.add_features(regions[..., :3], None, ["x.jpg"] * 5, ["0" * 64] * 5, encoded=True)
+    reopened = Index.open(tmp_path / "encoded.index")
+    assert len(reopened) == 5 and reopened.repaired == 0

@@ -104,7 +104,7 @@ def test_explain_gives_each_word_a_distribution_over_the_photo_boxes(client, ser
     assert boxes.shape == (served_index.store.num_regions, 4)
     words = [w["text"] for w in body["words"]]
     assert words[0] == "<start>" and words[-1] == "<end>" and "dog" in words
-    assert [w["special"] for w in body["words"]] == [w.startswith("<") for w in words]
+    assert [w["special"] for w in body["words"]] == [w in ("<start>", "<end>") for w in words]
     for word in body["words"]:
         weights = np.asarray(word["weights"])
         assert weights.shape == (len(boxes),) and abs(weights.sum() - 1) < 1e-3

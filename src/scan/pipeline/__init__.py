@@ -67,7 +67,7 @@ def train(
     if print_config:
         print(dump_config(config))
         return None
-    from scan.distributed import init_from_env
+    from scan.distributed import finish, init_from_env
     from scan.train import recipe
 
     current = init_from_env(config.train.device)  # a world of one unless torchrun started us
@@ -80,6 +80,7 @@ def train(
         )
     summary = recipe.train(run)
     recipe.cleanup(run)
+    finish(current)
     if current.main:
         print(json.dumps(summary))
     return summary
@@ -150,7 +151,7 @@ def evaluate(options: EvalOptions) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"--name: give one per --model ({len(options.models)} models, {len(names)} names)")
     if options.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {options.batch_size}")
-    from scan.distributed import init_from_env
+    from scan.distributed import finish, init_from_env
 
     current = init_from_env(options.device)  # a world of one unless torchrun started us
     device = resolve_device(options.device)
@@ -175,6 +176,7 @@ def evaluate(options: EvalOptions) -> dict[str, dict[str, Any]]:
         current=current,
         matrices_out=matrices,
     )
+    finish(current)  # every rank has the gathered matrices; rank 0 alone reports
     if not current.main:
         return results
     if options.scores_dir:

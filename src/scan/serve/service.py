@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 UPLOAD_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})  # what PIL may decode for us
 THUMBNAILS_KEPT = 512  # thumbnails held in memory (about 15 KB each)
+# Tokens that are not words of the query (the page does not offer them); <unk> is a word it shows.
+SPECIAL_TOKENS = frozenset({"<start>", "<end>", "<pad>", "<s>", "</s>", "[CLS]", "[SEP]", "[PAD]", "[MASK]"})
 
 
 class RequestError(Exception):
@@ -180,7 +182,7 @@ class SearchService:
             "words": [
                 {
                     "text": word,
-                    "special": word.startswith("<") and word.endswith(">"),
+                    "special": word in SPECIAL_TOKENS,
                     "weights": np.round(seen.weights[w], 5).tolist(),
                     "top": top[w].tolist(),
                 }

@@ -474,6 +474,11 @@ def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str
             save(run)
             print(
                 f"\ninterrupted at step {run.step}; checkpoint saved. Continue with: scan train --resume --run-dir {run.run_dir}"
+                + (
+                    f" (under torchrun with {run.world.size} processes, for the same updates)"
+                    if run.world.distributed
+                    else ""
+                )
             )
         raise
     finally:

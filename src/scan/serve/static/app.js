@@ -113,6 +113,7 @@ function renderWords() {
     button.type = "button";
     button.className = "word";
     button.textContent = word.text;
+    if (word.text === "<unk>") button.title = "a word the model's vocabulary does not know";
     button.dataset.index = index;
     button.setAttribute("aria-pressed", "false");
     button.addEventListener("mouseenter", () => draw(index));
