@@ -35,6 +35,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     backend: str = ""
+    local_size: int = 1  # processes on this machine (they share its CPUs)
 
     @property
     def distributed(self) -> bool:
@@ -63,6 +64,7 @@ def world() -> World:
         size=dist.get_world_size(),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         backend=str(dist.get_backend()),
+        local_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
     )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,22 +22,15 @@ from scan import checkpoint as ckpt
 from scan.distributed import World
 from scan.train.parallel import ShardedBatches, batches_per_epoch
 from scan.train.schedule import EpochBatches
+from torchrun import kill_everything, run_torchrun, torchrun
 
 FAST = ["train.progress=false", "model.embed_dim=32", "model.word_dim=16", "train.checkpoint_every_steps=20"]
-
-
-def torchrun(nproc: int, *args: str, **popen) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([*command, "-m", "scan", *args], env=env, **popen)
 
 
 def train(nproc: int, data: Path, run_dir: Path, *overrides: str, resume: bool = False) -> None:
     args = ["train", "--config", str(SYNTHETIC_CONFIG), "--data", str(data), "--run-dir", str(run_dir)]
     args += ["--device", "cpu", *(["--resume"] if resume else []), *FAST, *overrides]
-    process = torchrun(nproc, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, out
+    run_torchrun(nproc, *args)
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -86,15 +78,14 @@ def test_a_killed_two_process_run_resumes_to_the_weights_of_an_uninterrupted_one
     train(2, synthetic_data, tmp_path / "whole", "train.epochs=2")
     run_dir = tmp_path / "killed"
     args = ["train", "--config", str(SYNTHETIC_CONFIG), "--data", str(synthetic_data), "--run-dir", str(run_dir)]
-    process = torchrun(2, *args, "--device", "cpu", *FAST, "train.epochs=2", start_new_session=True,
+    process = torchrun(2, *args, "--device", "cpu", *FAST, "train.epochs=2",
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     latest = run_dir / "checkpoints" / "latest"
     deadline = time.monotonic() + 300
     while not (latest / ckpt.STATE_FILE).exists():
         assert time.monotonic() < deadline and process.poll() is None, "no checkpoint before the run ended"
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers, mid-run
-    process.wait()
+    kill_everything(process)  # torchrun and both workers, mid-run
     killed_at = ckpt.read_state(latest)["step"]
     assert 0 < killed_at < 94
     train(2, synthetic_data, run_dir, "train.epochs=2", resume=True)

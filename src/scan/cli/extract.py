@@ -21,6 +21,11 @@ examples:
   scan extract --data ../shared/data/flickr8k-800 --out data/f8k_800_precomp
   scan extract --data dataset_coco.json --out data/coco_lite --splits train dev testall --dtype float16
   scan extract --data my_photos/ --out data/mine --mode grid --dev 50 --test 50
+  torchrun --nnodes 2 --nproc-per-node 8 ... -m scan extract --data dataset_coco.json --out /shared/coco_lite
+
+Under torchrun (or --nproc N on one machine) each process extracts a share of the photos into
+the same files, which are byte-identical to one process's; the output folder must be one that
+every process can write (shared storage across machines).
 
 The folder may hold a Karpathy split file (dataset_*.json, its splits are used: 'dev' is its
 'val', 'train' includes 'restval') or a Kaggle-style captions.txt (CSV 'image,caption' beside
@@ -110,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="captions.txt layout only: seed of the split draw")
     p.add_argument("--quiet", action="store_true", help="no progress bars (failures are still reported)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=0,
+        metavar="N",
+        help="extract on N processes of this machine (torchrun; each takes a share of the photos, "
+        "the files written are the same)",
+    )
     return p
 
 
@@ -121,6 +134,10 @@ def _count(value: float | None) -> int | float | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``scan extract``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.nproc:
+        from scan.cli.common import relaunch_with_torchrun
+
+        return relaunch_with_torchrun("extract", None if argv is None else list(argv), args.nproc)
     from scan import pipeline
     from scan.features.extract import ExtractConfig
 

@@ -35,6 +35,13 @@ Properties, and how they are kept:
   ties break by index, and the split of unsplit data is hash-based, so two runs with the same
   config and library versions write identical bytes (the JSON holds no timestamps), whatever
   ``workers`` and ``batch_size`` are: these two are left out of the fingerprint.
+* **Shardable.** Under ``torchrun`` (``current``: a :class:`scan.distributed.World` of several
+  processes) each rank takes a contiguous share of the images and writes its rows into the same
+  ``.partial`` memmaps, with a progress file of its own (``{split}_extract.progress-{r}-of-{N}.json``);
+  once every rank is done, rank 0 writes the outputs exactly as one process would, so the files
+  are byte-identical to a single-process run's. The output folder must be one that every process
+  sees (a shared filesystem across machines). A killed sharded run resumes with the same number
+  of processes; with another number, the shares change and the rows are recomputed.
 * **Exclusive.** A run holds the output folder's lock (:class:`scan.atomic.FolderLock`) while it
   writes, so a second run into the same folder stops with :class:`scan.errors.FolderBusyError`
   instead of mixing features of other settings into the same arrays.
@@ -71,6 +78,7 @@ from scan.data.raw import (
     read_image_folder,
     select_split,
 )
+from scan.distributed import World
 from scan.errors import ConfigError, DataError, ExtractionError, ScanError
 from scan.features.roi import grid_boxes, grid_size, roi_align, select_regions
 
@@ -524,6 +532,7 @@ def extract_split(
     progress: bool = True,
     extractor: RegionExtractor | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    current: World | None = None,
 ) -> ExtractSummary:
     """Extract one split's region features into SCAN's layout (see the module docstring).
 
@@ -535,6 +544,9 @@ def extract_split(
         progress: Show a progress bar and status lines on stderr (failures are reported always).
         extractor: Loaded models to reuse; ``None`` loads them when there is work to do.
         on_batch: Called as ``on_batch(done, total)`` after each batch is safely on disk.
+        current: The processes sharing the work (``torchrun``); ``None``: this process alone.
+            Every rank calls this with the same arguments; rank 0 holds the lock and writes the
+            outputs.
 
     Returns:
         What was done: counts, failures, whether the result was cached or resumed, timing.
@@ -547,10 +559,108 @@ def extract_split(
     """
     config = config or ExtractConfig()
     config.validate()
-    with FolderLock(out_folder, purpose=LOCK_PURPOSE), one_thread_per_image(opencv=config.mode == "bottomup"):
+    current = current or World()
+    with _folder_lock(out_folder, current), one_thread_per_image(opencv=config.mode == "bottomup"):
         return _extract_split(
-            records, Path(out_folder), split, config, progress=progress, extractor=extractor, on_batch=on_batch
+            records,
+            Path(out_folder),
+            split,
+            config,
+            progress=progress,
+            extractor=extractor,
+            on_batch=on_batch,
+            current=current,
         )
+
+
+@contextmanager
+def _folder_lock(folder: str | Path, current: World) -> Iterator[None]:
+    """The output folder's lock, held by rank 0 for all ranks (an flock has one holder).
+
+    The other ranks wait until rank 0 holds it, so none writes into a folder another run is
+    using; a busy folder makes rank 0 fail, and torchrun then stops the waiting ranks.
+    """
+    if current.main:
+        with FolderLock(folder, purpose=LOCK_PURPOSE):
+            current.barrier()
+            yield
+    else:
+        current.barrier()
+        yield
+
+
+def _share(n: int, current: World) -> tuple[int, int]:
+    """This rank's contiguous rows ``[lo, hi)`` of ``n``: shares differ by at most one row."""
+    return n * current.rank // current.size, n * (current.rank + 1) // current.size
+
+
+def _progress_path(paths: dict[str, Path], rank: int, size: int) -> Path:
+    if size == 1:
+        return paths["progress"]
+    return paths["progress"].with_name(paths["progress"].name.replace(".progress.", f".progress-{rank}-of-{size}."))
+
+
+def _progress_files(paths: dict[str, Path]) -> list[Path]:
+    """Every progress file of the split, of any number of processes."""
+    return sorted(paths["progress"].parent.glob(paths["progress"].name.replace(".progress.", ".progress*.")))
+
+
+def _read_progress(
+    path: Path, fingerprint: str, lo: int, hi: int
+) -> tuple[int, list[tuple[int, FailedImage]], list[int]]:
+    """``(next row, failures so far, detection counts)`` of a rank's share, from its progress file.
+
+    A missing, unreadable or foreign file (other settings, sources or share) starts the share afresh.
+    """
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        share = state.get("share")  # absent in a one-process file of an earlier version
+        if state.get("fingerprint") != fingerprint or (share is not None and list(share) != [lo, hi]):
+            raise ValueError("another run's progress")
+        done = int(state["done"])
+        failed = [(int(x["index"]), FailedImage(x["filename"], x["reason"])) for x in state["failed"]]
+        detected = [int(x) for x in state["detected"]]
+        if len(detected) != 2 or not lo <= done <= hi:
+            raise ValueError("old progress format")
+        return done, failed, detected
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return lo, [], [0, 0]
+
+
+def _open_partials(
+    paths: dict[str, Path], fingerprint: str, shape: tuple[int, int, int], dtype: np.dtype, current: World
+) -> tuple[np.memmap, np.memmap]:
+    """The ``.partial`` memmaps every rank writes its rows into.
+
+    Kept from an interrupted run of the same settings and sources, else made afresh by rank 0
+    (with every stale progress file removed).
+    """
+    if current.main:
+        try:
+            ims = np.lib.format.open_memmap(paths["ims_partial"], mode="r")
+            boxes = np.lib.format.open_memmap(paths["boxes_partial"], mode="r")
+            own = json.loads(_progress_path(paths, 0, current.size).read_text(encoding="utf-8"))
+            resumable = (
+                ims.shape == shape
+                and ims.dtype == dtype
+                and boxes.shape == (*shape[:2], 4)
+                and own.get("fingerprint") == fingerprint
+            )
+            del ims, boxes
+        except (OSError, ValueError, AttributeError):
+            resumable = False
+        if not resumable:
+            for stale in _progress_files(paths):
+                stale.unlink(missing_ok=True)
+            for key, dims, kind in (("ims_partial", shape, dtype), ("boxes_partial", (*shape[:2], 4), np.float32)):
+                made = np.lib.format.open_memmap(paths[key], mode="w+", dtype=kind, shape=dims)
+                made.flush()
+                del made
+    current.barrier()  # the partial files are there (and stale progress gone) before any rank opens them
+    return (
+        np.lib.format.open_memmap(paths["ims_partial"], mode="r+"),
+        np.lib.format.open_memmap(paths["boxes_partial"], mode="r+"),
+    )
 
 
 def _extract_split(
@@ -562,6 +672,7 @@ def _extract_split(
     progress: bool,
     extractor: RegionExtractor | None,
     on_batch: Callable[[int, int], None] | None,
+    current: World,
 ) -> ExtractSummary:
     """:func:`extract_split` for a caller that holds ``out``'s lock and set the thread counts.
 
@@ -576,24 +687,14 @@ def _extract_split(
     n = len(records)
 
     cached = _is_cached(paths, fingerprint)
+    current.barrier()  # every rank has looked before rank 0 can change anything
     if cached is not None:
-        if progress:
+        if progress and current.main:
             _log(
                 f"{split}: {paths['ims']} is up to date ({cached['counts']['images']} images, same config and "
                 "sources); nothing to do"
             )
-        return ExtractSummary(
-            split=split,
-            out_folder=out,
-            num_images=cached["counts"]["images"],
-            num_captions=cached["counts"]["captions"],
-            num_regions=cached["num_regions"],
-            feature_dim=cached["feature_dim"],
-            failed=[FailedImage(**f) for f in cached["failed"]],
-            cached=True,
-            seconds=time.perf_counter() - start,
-            mean_detected_regions=cached.get("mean_detected_regions"),
-        )
+        return _summary_of_record(cached, out, split, seconds=time.perf_counter() - start)
 
     extractor = extractor or RegionExtractor(config)
     if extractor.config.model_fields() != config.model_fields():
@@ -601,53 +702,43 @@ def _extract_split(
     r, f_dim = config.num_regions, extractor.feature_dim
     dtype = np.dtype(config.dtype)
 
-    # Resume from a matching interrupted run, or start afresh.
-    done, failed, detected = 0, [], [0, 0]  # detected: (sum of detection regions, images)
-    ims = boxes_mm = None
-    try:
-        state = json.loads(paths["progress"].read_text(encoding="utf-8"))
-        if state.get("fingerprint") == fingerprint:
-            ims = np.lib.format.open_memmap(paths["ims_partial"], mode="r+")
-            boxes_mm = np.lib.format.open_memmap(paths["boxes_partial"], mode="r+")
-            if ims.shape != (n, r, f_dim) or ims.dtype != dtype or boxes_mm.shape != (n, r, 4):
-                raise ValueError("partial files do not match")
-            done = int(state["done"])
-            failed = [(int(x["index"]), FailedImage(x["filename"], x["reason"])) for x in state["failed"]]
-            detected = [int(x) for x in state["detected"]]
-            if len(detected) != 2:
-                raise ValueError("old progress format")
-    except (OSError, ValueError, KeyError, TypeError):
-        ims = boxes_mm = None
-        done, failed, detected = 0, [], [0, 0]
-    if ims is None:
-        paths["progress"].unlink(missing_ok=True)
-        ims = np.lib.format.open_memmap(paths["ims_partial"], mode="w+", dtype=dtype, shape=(n, r, f_dim))
-        boxes_mm = np.lib.format.open_memmap(paths["boxes_partial"], mode="w+", dtype=np.float32, shape=(n, r, 4))
-    elif progress:
+    # Resume this rank's share from a matching interrupted run, or start it afresh.
+    lo, hi = _share(n, current)
+    progress_file = _progress_path(paths, current.rank, current.size)
+    ims, boxes_mm = _open_partials(paths, fingerprint, (n, r, f_dim), dtype, current)
+    done, failed, detected = _read_progress(progress_file, fingerprint, lo, hi)  # detected: (regions, images)
+    if done > lo and progress:
         _log(f"{split}: resuming an interrupted extraction at image {done} of {n}")
-    assert ims is not None and boxes_mm is not None  # opened for resuming, or created just above
     resumed_from = done
 
     bar = None
-    if progress:
+    if progress and current.main:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, initial=done, desc=f"extract {split} ({config.mode})", unit="img", file=sys.stderr)
+        share = f", rank 0 of {current.size}" if current.distributed else ""
+        bar = tqdm(
+            total=hi - lo,
+            initial=done - lo,
+            desc=f"extract {split} ({config.mode}{share})",
+            unit="img",
+            file=sys.stderr,
+        )
     bs = config.batch_size
-    starts = list(range(done, n, bs))
-    pool = ThreadPoolExecutor(max_workers=config.workers or _num_cpus())
+    starts = list(range(done, hi, bs))
+    # Processes on one machine share its CPUs: each takes its part of them.
+    pool = ThreadPoolExecutor(max_workers=config.workers or max(1, _num_cpus() // current.local_size))
 
     def submit(k: int) -> list[Future]:
         if k >= len(starts):
             return []
-        return [pool.submit(_process, records[i], extractor) for i in range(starts[k], min(starts[k] + bs, n))]
+        return [pool.submit(_process, records[i], extractor) for i in range(starts[k], min(starts[k] + bs, hi))]
 
     pending = submit(0)
     try:
-        for k, lo in enumerate(starts):
-            hi = min(lo + bs, n)
-            current, pending = pending, submit(k + 1)  # queue the next batch: workers never wait on I/O
-            for i, future in zip(range(lo, hi), current, strict=True):
+        for k, first in enumerate(starts):
+            last = min(first + bs, hi)
+            batch, pending = pending, submit(k + 1)  # queue the next batch: workers never wait on I/O
+            for i, future in zip(range(first, last), batch, strict=True):
                 item = future.result()
                 if isinstance(item, ImageLoadError):
                     failed.append((i, FailedImage(records[i].filename, str(item))))
@@ -660,25 +751,38 @@ def _extract_split(
                 detected[1] += 1
             ims.flush()
             boxes_mm.flush()
-            done = hi
+            done = last
             _write_json_atomic(
-                paths["progress"],
+                progress_file,
                 {
                     "fingerprint": fingerprint,
+                    "share": [lo, hi],
                     "done": done,
                     "failed": [{"index": i, **asdict(fi)} for i, fi in failed],
                     "detected": detected,
                 },
             )
             if bar is not None:
-                bar.update(hi - lo)
+                bar.update(last - first)
             if on_batch is not None:
                 on_batch(done, n)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
-    processed = n - resumed_from
+    processed = hi - resumed_from
+    if current.distributed:
+        if not done == hi:  # pragma: no cover - the loop above ends at hi
+            raise ExtractionError(f"{split}: rank {current.rank} stopped at image {done} of its share [{lo}, {hi})", [])
+        current.barrier()  # every rank's rows and progress are on disk
+        if not current.main:
+            del ims, boxes_mm
+            current.barrier()  # rank 0 writes the outputs
+            record = _is_cached(paths, fingerprint)
+            if record is None:
+                raise ExtractionError(f"{split}: rank 0 did not write {paths['json']}", [])
+            return _summary_of_record(record, out, split, seconds=time.perf_counter() - start, cached=False)
+        failed, detected = _merge_progress(paths, fingerprint, n, current.size)
 
     failed_idx = {i for i, _ in failed}
     failed_list = [fi for _, fi in sorted(failed, key=lambda t: t[0])]
@@ -746,7 +850,9 @@ def _extract_split(
         "versions": _versions(),
     }
     _write_json_atomic(paths["json"], record)
-    paths["progress"].unlink(missing_ok=True)
+    for stale in _progress_files(paths):  # this run's, and any left by a run of another process count
+        stale.unlink(missing_ok=True)
+    current.barrier()  # the outputs are there for the other ranks to read
     seconds = time.perf_counter() - start
     summary = ExtractSummary(
         split=split,
@@ -767,6 +873,39 @@ def _extract_split(
             f"in {seconds:.1f} s ({summary.seconds_per_image:.3f} s/image)"
         )
     return summary
+
+
+def _summary_of_record(
+    record: dict[str, Any], out: Path, split: str, *, seconds: float, cached: bool = True
+) -> ExtractSummary:
+    return ExtractSummary(
+        split=split,
+        out_folder=out,
+        num_images=record["counts"]["images"],
+        num_captions=record["counts"]["captions"],
+        num_regions=record["num_regions"],
+        feature_dim=record["feature_dim"],
+        failed=[FailedImage(**f) for f in record["failed"]],
+        cached=cached,
+        seconds=seconds,
+        mean_detected_regions=record.get("mean_detected_regions"),
+    )
+
+
+def _merge_progress(
+    paths: dict[str, Path], fingerprint: str, n: int, size: int
+) -> tuple[list[tuple[int, FailedImage]], list[int]]:
+    """Every rank's failures and detection counts, read from their finished progress files."""
+    failed: list[tuple[int, FailedImage]] = []
+    detected = [0, 0]
+    for rank in range(size):
+        lo, hi = _share(n, World(rank=rank, size=size))
+        done, rank_failed, rank_detected = _read_progress(_progress_path(paths, rank, size), fingerprint, lo, hi)
+        if done != hi:
+            raise ExtractionError(f"rank {rank} of {size} left its images [{lo}, {hi}) unfinished ({done})", [])
+        failed += rank_failed
+        detected = [a + b for a, b in zip(detected, rank_detected, strict=True)]
+    return failed, detected
 
 
 def _versions() -> dict[str, str]:
@@ -791,6 +930,7 @@ def extract_dataset(
     dev: int | float | None = None,
     test: int | float | None = None,
     seed: int = 0,
+    current: World | None = None,
 ) -> dict[str, ExtractSummary]:
     """Extract every split of a collection: a folder, or a ``dataset_*.json``.
 
@@ -805,6 +945,7 @@ def extract_dataset(
             that have images. ``train`` includes ``restval``, ``dev`` is the JSON's ``val``.
         records: Already-read records (skips reading ``source``).
         dev, test, seed: Split sizes and seed for a collection without splits (Kaggle layout).
+        current: The processes sharing the work (see :func:`extract_split`); ``None``: this one alone.
 
     Returns:
         The summary of each split, by output name.
@@ -827,7 +968,8 @@ def extract_dataset(
             raise DataError(f"split {name!r} has no images (the source has splits {present})", path=source)
     # The source is read and checked before the lock, so a bad source leaves no output folder behind.
     out = Path(out_folder)
-    with FolderLock(out, purpose=LOCK_PURPOSE), one_thread_per_image(opencv=config.mode == "bottomup"):
+    current = current or World()
+    with _folder_lock(out, current), one_thread_per_image(opencv=config.mode == "bottomup"):
         extractor: RegionExtractor | None = None
         summaries = {}
         for name, recs in by_split.items():
@@ -836,6 +978,6 @@ def extract_dataset(
             if extractor is None and _is_cached(_paths(out, name), fp) is None:
                 extractor = RegionExtractor(config)
             summaries[name] = _extract_split(
-                recs, out, name, config, progress=progress, extractor=extractor, on_batch=None
+                recs, out, name, config, progress=progress, extractor=extractor, on_batch=None, current=current
             )
     return summaries

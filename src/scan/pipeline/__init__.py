@@ -307,10 +307,16 @@ class ExtractOptions:
 
 
 def extract(options: ExtractOptions) -> dict[str, Any]:
-    """`scan extract`: photos -> the precomputed layout; prints one line per split."""
+    """`scan extract`: photos -> the precomputed layout; prints one line per split.
+
+    Under torchrun each process extracts a share of each split's photos, and the files written
+    are the same as one process's (see `scan.features.extract`).
+    """
+    from scan.distributed import finish, init_from_env
     from scan.features.extract import extract_dataset
 
     options.config.validate()
+    current = init_from_env("cpu")  # extraction runs on CPUs: Gloo; a world of one without torchrun
     summaries = extract_dataset(
         options.data,
         options.out,
@@ -320,7 +326,11 @@ def extract(options: ExtractOptions) -> dict[str, Any]:
         dev=options.dev,
         test=options.test,
         seed=options.seed,
+        current=current,
     )
+    finish(current)
+    if not current.main:
+        return summaries
     for name, s in summaries.items():
         state = "up to date" if s.cached else f"{s.seconds_per_image:.3f} s/image"
         skipped = f", {len(s.failed)} unreadable image(s) left out" if s.failed else ""

@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from scan.distributed import World, gather_rows
 from scan.errors import ConfigError
 from scan.features.cache import DEFAULT_CACHE
 from scan.search.captions import CaptionHit
@@ -62,32 +66,66 @@ def _print_summary(index: Index, summary: AddSummary) -> None:
 
 
 def index_build(options: IndexBuildOptions) -> Index:
-    """`scan index build`: a new index of a photo folder (or finish an interrupted build)."""
+    """`scan index build`: a new index of a photo folder (or finish an interrupted build).
+
+    Under torchrun, every process featurises a share of the photos into the feature cache, then
+    rank 0 adds them all: the same index one process builds (see `Index.featurise`).
+    """
     if not options.model:
         raise ConfigError("--model is required to build an index")
     if not options.photos and not options.captions:
         raise ConfigError("give --photos (a folder of photos) and/or --captions (a caption file)")
+    from scan.distributed import finish, init_from_env
     from scan.models.loading import load_model
     from scan.search.index import MANIFEST_FILE
 
+    current = init_from_env("cpu")  # a world of one unless torchrun started us
     model = load_model(options.model)
     out = Path(options.index)
-    if (out / MANIFEST_FILE).exists():
-        print(f"{out} exists: continuing it (photos already in are skipped)")
-        index = Index.open(out, model=model)
-    else:
-        root = Path(options.photos).expanduser() if options.photos else None
-        index = Index.create(
-            out,
-            model,
-            photos_root=(root if root.is_dir() else root.parent) if root is not None else None,
-            first_stage=options.first_stage,
-            regions=options.regions,
+    index = None
+    if current.main:
+        if (out / MANIFEST_FILE).exists():
+            print(f"{out} exists: continuing it (photos already in are skipped)")
+            index = Index.open(out, model=model)
+        else:
+            root = Path(options.photos).expanduser() if options.photos else None
+            index = Index.create(
+                out,
+                model,
+                photos_root=(root if root.is_dir() else root.parent) if root is not None else None,
+                first_stage=options.first_stage,
+                regions=options.regions,
+            )
+    current.barrier()  # the index exists before the other ranks open it
+    index = index or Index.open(out, model=model)
+    _add(index, options, current)
+    finish(current)
+    return index
+
+
+def _featurise_shares(index: Index, options: IndexBuildOptions, current: World) -> None:
+    """Each rank featurises every `size`-th photo into the cache; rank 0 then finds them all there."""
+    from scan.data.photos import find_photos
+
+    started = time.perf_counter()
+    photos = current.shard(find_photos(options.photos))
+    workers = options.workers or max(1, (os.cpu_count() or 1) // current.local_size)
+    summary = index.featurise(photos, cache=options.cache, progress=options.progress and current.main, workers=workers)
+    counts = gather_rows(torch.tensor([[summary.extracted, len(photos)]]), current).sum(0).tolist()
+    if current.main:
+        print(
+            f"featurised on {current.size} processes: {counts[0]} of {counts[1]} photos extracted, the rest "
+            f"cached or already in ({time.perf_counter() - started:.1f} s)"
         )
-    return _add(index, options)
 
 
-def _add(index: Index, options: IndexBuildOptions) -> Index:
+def _add(index: Index, options: IndexBuildOptions, current: World | None = None) -> Index:
+    current = current or World()
+    if options.photos and current.distributed:
+        _featurise_shares(index, options, current)
+        current.barrier()  # every share is in the cache
+    if not current.main:
+        return index
     summary = AddSummary()
     if options.photos:
         summary = index.add_photos(
@@ -105,11 +143,19 @@ def _add(index: Index, options: IndexBuildOptions) -> Index:
 
 
 def index_add(options: IndexBuildOptions) -> Index:
-    """`scan index add`: new photos (those already in, by content, are skipped) and captions."""
+    """`scan index add`: new photos (those already in, by content, are skipped) and captions.
+
+    Under torchrun the photos are featurised on every process, as `index_build` does.
+    """
     if not options.photos and not options.captions:
         raise ConfigError("give --photos (a folder of photos or one photo) and/or --captions (a caption file)")
+    from scan.distributed import finish, init_from_env
+
+    current = init_from_env("cpu")
     index = Index.open(options.index, model=options.model or None)
-    return _add(index, options)
+    _add(index, options, current)
+    finish(current)
+    return index
 
 
 def index_remove(index_folder: str, photos: list[str], *, model: str = "") -> int:

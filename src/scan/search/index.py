@@ -399,16 +399,43 @@ class Index:
         summary.seconds = time.perf_counter() - started
         return summary
 
-    def _add_photo_files(
-        self, paths: list[Path], cache_folder: Any, summary: AddSummary, *, progress: bool, workers: int, batch: int
-    ) -> None:
-        config = self._extract_config()
-        cache = FeatureCache(cache_folder, config)
-        bar = None
+    def featurise(
+        self,
+        photos: Sequence[str | os.PathLike[str]],
+        *,
+        cache: str | os.PathLike[str] = DEFAULT_CACHE,
+        progress: bool = False,
+        workers: int = 0,
+    ) -> AddSummary:
+        """Extract the regions of photos not yet in the index into the feature cache; the index is unchanged.
+
+        What each process of a sharded build does with its share of the photos (`scan index
+        build` under torchrun) before one process adds them all, from the cache: the costly
+        part, region extraction, runs on every process, and the index keeps a single writer, so
+        it is the same as one process would build. Takes no lock: it only reads the index.
+
+        Returns:
+            `extracted` (photos featurised now), `already` (in the index, or a repeat), `failed`.
+        """
+        started = time.perf_counter()
+        summary = AddSummary()
+        todo = self._photos_to_add([Path(p) for p in photos], summary)
+        featurised = featurise_photos(todo, FeatureCache(cache, self._extract_config()), workers=workers)
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(paths), desc="index", unit="photo", file=sys.stderr)
+            featurised = tqdm(featurised, total=len(todo), desc="featurise", unit="photo", file=sys.stderr)
+        for result in featurised:
+            if result.error is not None:
+                summary.failed.append((str(result.path), result.error))
+                print(f"scan: warning: skipping unreadable photo: {result.error}", file=sys.stderr)
+            elif not result.cached:
+                summary.extracted += 1
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    def _photos_to_add(self, paths: list[Path], summary: AddSummary) -> list[tuple[Path, str]]:
+        """`(path, sha256)` of the photos not yet in the index, each content once; the rest counted in `summary`."""
         todo: list[tuple[Path, str]] = []
         seen: set[str] = set()
         for path in paths:
@@ -422,6 +449,19 @@ class Index:
                 continue
             seen.add(sha)
             todo.append((path, sha))
+        return todo
+
+    def _add_photo_files(
+        self, paths: list[Path], cache_folder: Any, summary: AddSummary, *, progress: bool, workers: int, batch: int
+    ) -> None:
+        config = self._extract_config()
+        cache = FeatureCache(cache_folder, config)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(paths), desc="index", unit="photo", file=sys.stderr)
+        todo = self._photos_to_add(paths, summary)
         if bar is not None:
             bar.update(len(paths) - len(todo))
         last_save = time.monotonic()
