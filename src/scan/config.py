@@ -99,6 +99,10 @@ class TrainConfig:
     margin: float = 0.2  # alpha of the hinge triplet loss
     global_loss_weight: float = 1.0  # weight of the global head's triplet term (0: head not trained)
     max_violation: bool = True  # hardest negative only (VSE++); False sums over all negatives
+    # Which pairs of a batch are negatives. "same_image": none whose caption describes the
+    # positive's image (a batch may hold two captions of one image; pushing them apart is wrong);
+    # "diagonal": every pair but the positive itself, as the authors' code does.
+    negatives: Literal["same_image", "diagonal"] = "same_image"
     # Under torchrun: search negatives over the whole global batch (embeddings gathered from every
     # rank, with gradients), not only within each rank's share (scan.train.parallel).
     cross_rank_negatives: bool = False

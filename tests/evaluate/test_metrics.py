@@ -1,4 +1,4 @@
-"""Tests for scan.evaluate.metrics: vectorised ranks against a plain per-row reference."""
+"""Tests for scan.evaluate.metrics: vectorised ranks against the plain loops of tests/reference.py."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import reference
 from scan.evaluate.metrics import (
     METRIC_KEYS,
     default_caption_image,
@@ -14,49 +15,17 @@ from scan.evaluate.metrics import (
     t2i_ranks,
 )
 
-# ----------------------------------------------------------------------------------------------
-# Reference: obviously correct, one row at a time (loop, sort, find).
-# ----------------------------------------------------------------------------------------------
-
 
 def ref_i2t_ranks(scores: np.ndarray, caption_image: np.ndarray) -> np.ndarray:
-    """For each image: sort all captions by descending score, putting competitors before ground
-    truths on ties (pessimistic), drop the other ground truths, find the first ground truth."""
-    n, m = scores.shape
-    ranks = []
-    for i in range(n):
-        items = [(float(scores[i, j]), bool(caption_image[j] == i)) for j in range(m)]
-        gt_scores = [s for s, is_gt in items if is_gt]
-        best = max(gt_scores)
-        # Keep competitors and a single copy of the best ground truth.
-        kept = [(s, False) for s, is_gt in items if not is_gt] + [(best, True)]
-        kept.sort(key=lambda t: (-t[0], t[1]))  # descending score; ties: competitors first
-        ranks.append(1 + [is_gt for _, is_gt in kept].index(True))
-    return np.array(ranks)
+    return np.array(reference.i2t_ranks(scores.tolist(), caption_image.tolist()))
 
 
 def ref_t2i_ranks(scores: np.ndarray, caption_image: np.ndarray) -> np.ndarray:
-    """For each caption: sort images by descending score, own image last on ties, find it."""
-    n, m = scores.shape
-    ranks = []
-    for j in range(m):
-        order = sorted(range(n), key=lambda i: (-float(scores[i, j]), i == caption_image[j]))
-        ranks.append(1 + order.index(int(caption_image[j])))
-    return np.array(ranks)
+    return np.array(reference.t2i_ranks(scores.tolist(), caption_image.tolist()))
 
 
 def ref_metrics(scores: np.ndarray, caption_image: np.ndarray) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for name, ranks in (
-        ("i2t", ref_i2t_ranks(scores, caption_image)),
-        ("t2i", ref_t2i_ranks(scores, caption_image)),
-    ):
-        for k in (1, 5, 10):
-            out[f"{name}_r{k}"] = 100.0 * sum(r <= k for r in ranks) / len(ranks)
-        out[f"{name}_medr"] = float(np.floor(np.median(ranks)))
-        out[f"{name}_meanr"] = sum(ranks) / len(ranks)
-    out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
-    return out
+    return reference.metrics(scores.tolist(), caption_image.tolist())
 
 
 def random_caption_image(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
@@ -236,3 +205,26 @@ def test_invalid_inputs_raise() -> None:
         t2i_ranks(np.zeros((2, 2)), np.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="chunk_size"):
         t2i_ranks(np.zeros((2, 2)), chunk_size=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ties: ours against the authors' argsort order.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ranks_equal_the_originals_without_ties_and_are_never_better_with_them(seed: int) -> None:
+    """The authors rank by `numpy.argsort`, which breaks a tie by position; we rank the truth last.
+
+    Without ties the two agree exactly; with them ours is the pessimistic one, item by item
+    (README, "Departures from the original code").
+    """
+    rng = np.random.default_rng(seed)
+    n = 12
+    continuous = rng.normal(size=(n, 5 * n))
+    np.testing.assert_array_equal(i2t_ranks(continuous), reference.original_i2t_ranks(continuous, 5))
+    np.testing.assert_array_equal(t2i_ranks(continuous), reference.original_t2i_ranks(continuous, 5))
+    tied = rng.integers(0, 3, size=(n, 5 * n)).astype(float)
+    assert (i2t_ranks(tied) >= np.array(reference.original_i2t_ranks(tied, 5))).all()
+    assert (t2i_ranks(tied) >= np.array(reference.original_t2i_ranks(tied, 5))).all()
+    assert (i2t_ranks(tied) > np.array(reference.original_i2t_ranks(tied, 5))).any()  # ties did occur

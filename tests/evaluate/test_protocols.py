@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import reference
 from scan.evaluate.metrics import METRIC_KEYS, default_caption_image, retrieval_metrics
 from scan.evaluate.protocols import (
     PROTOCOLS,
@@ -267,3 +268,17 @@ def test_write_json_is_atomic_and_round_trips(tmp_path) -> None:
         write_json({"bad": object()}, path)
     assert json.loads(path.read_text()) == {"only": {"rsum": 1.0}}  # old file intact
     assert os.listdir(path.parent) == ["results.json"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_coco1k_equals_the_plain_loop_over_folds(seed: int) -> None:
+    """Tie-heavy scores, captions of an image scattered through the split, 5 folds of 8 images."""
+    rng = np.random.default_rng(seed)
+    n = 40
+    ci = rng.permutation(np.repeat(np.arange(n), 5))  # every image 5 captions, in no order
+    scores = rng.integers(0, 4, size=(n, 5 * n)).astype(float)
+    got = evaluate_scores(scores, protocol="coco1k", caption_image=ci)
+    want = reference.coco1k(scores.tolist(), ci.tolist(), folds=5)
+    for key in METRIC_KEYS:
+        assert got[key] == pytest.approx(want[key], abs=1e-9), key
+    assert len(got["folds"]) == 5

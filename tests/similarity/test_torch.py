@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import zlib
 
 import pytest
@@ -117,3 +118,25 @@ def test_zero_padded_captions_give_finite_gradients(direction, norm):
     scores = pairwise_scores(images, captions, mask, opts)
     scores.sum().backward()
     assert torch.isfinite(scores).all() and torch.isfinite(captions.grad).all()
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+@pytest.mark.parametrize("garbage", [math.nan, math.inf, -math.inf, 1e30])
+def test_non_finite_garbage_in_the_padding_changes_nothing(direction, garbage):
+    """Training (pairwise_scores) and evaluation (score_matrix) both: scores and gradients are those
+    of zero padding, whatever the padded slots hold."""
+    images, captions, lengths, mask = random_inputs(5, n=4, m=6, w=8)
+    clean = captions.masked_fill(~mask[..., None], 0)
+    dirty = captions.masked_fill(~mask[..., None], garbage)
+    opts = AttentionOptions(direction=direction, norm="clipped_l2norm", smooth=LAMBDA[direction], agg="Mean")
+    grads = []
+    for padded in (clean, dirty):
+        leaf = padded.clone().requires_grad_()
+        scores = pairwise_scores(images, leaf, mask, opts)
+        (scores * torch.arange(24, dtype=scores.dtype).view(4, 6)).sum().backward()
+        grads.append((scores.detach(), leaf.grad))
+        assert torch.isfinite(scores).all() and torch.isfinite(leaf.grad).all()
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    assert grads[1][1][~mask].abs().max() == 0
+    torch.testing.assert_close(score_matrix(images, dirty, lengths, opts), score_matrix(images, clean, lengths, opts))
+    assert torch.isfinite(score_matrix(images, dirty, lengths, opts, image_block=3, caption_block=2)).all()

@@ -244,3 +244,19 @@ def test_dispatch_forces_triton_and_matches_torch():
         precision="fp32",
     )
     assert rel_err(batch, vectorised.double()) < 1e-4
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_non_finite_garbage_in_the_padding_changes_nothing(direction):
+    """NaN and inf in the padded slots give the scores and gradients of zeros there."""
+    images, captions, _lengths, mask = random_inputs(21)
+    opts = options(direction, "clipped_l2norm", "Mean")
+    results = []
+    for fill in (0.0, float("nan"), float("inf")):
+        padded = captions.masked_fill(~mask[..., None], fill).float().to(DEVICE).requires_grad_()
+        scores = tri.batch_scores(images.float().to(DEVICE), padded, mask.to(DEVICE), opts, precision="fp32")
+        scores.sum().backward()
+        assert torch.isfinite(scores).all() and torch.isfinite(padded.grad).all()
+        results.append((scores.detach(), padded.grad))
+    for scores, grad in results[1:]:
+        assert torch.equal(scores, results[0][0]) and torch.equal(grad, results[0][1])

@@ -159,6 +159,7 @@ def config_from_options(options: dict[str, Any], *, vocab_size: int) -> Config:
     model.global_head = False  # the authors trained none
     train.margin = float(option("margin", 0.2))
     train.max_violation = bool(option("max_violation", False))
+    train.negatives = "diagonal"  # their loss masks only the diagonal
     train.lr = float(option("learning_rate", 2e-4))
     train.epochs = int(option("num_epochs", 30))
     train.lr_decay_epochs = int(option("lr_update", 15))

@@ -120,6 +120,9 @@ def pairwise_scores(
     """
     _check_options(options)
     caption_mask = caption_mask.to(torch.bool)
+    # Padded word slots may hold anything, even inf or NaN (which a multiplication by the mask
+    # would keep): zero them, so no product, norm or Gram matrix of either direction sees them.
+    captions = captions.masked_fill(~caption_mask[..., None], 0)
     if options.direction == "t2i":
         # Context = regions (softmax over R), query = words (normalise and pool over W).
         return _attention_scores(
@@ -240,11 +243,12 @@ def score_matrix(
         block_mask = (torch.arange(width)[None, :] < lengths[caption_index][:, None]).to(device)  # (m, W)
         # Blocks of equally long captions (most, once sorted by length) need no masking at all.
         word_mask = None if bool(block_mask.all()) else block_mask
+        if word_mask is not None:
+            # Padded slots hold zeros or garbage (inf and NaN too): zero them, as pairwise_scores does.
+            block_captions = block_captions.masked_fill(~word_mask[..., None], 0)
         if direction == "t2i":
             caption_norm = _norms(block_captions)  # (m, W)
         else:
-            # Padded slots hold zeros or garbage; zero them so the Gram matrix ignores them.
-            block_captions = block_captions * block_mask[..., None]
             caption_gram = _gram(block_captions)  # (m, W, W)
         for block_index, start in enumerate(range(0, num_images, image_block)):
             block_images = images[start : start + image_block].to(device, compute_dtype)  # (n, R, D)

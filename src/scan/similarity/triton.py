@@ -594,7 +594,8 @@ def _prepare_captions(
     words = torch.zeros(m, wp, captions.shape[-1], device=device, dtype=dtype)  # (m, WP, D)
     word_mask = torch.zeros(m, wp, device=device, dtype=torch.bool)  # (m, WP)
     word_mask[:, :keep] = mask[:, :keep].to(device)
-    words[:, :keep] = captions[:, :keep].to(device, dtype) * word_mask[:, :keep, None]
+    # masked_fill, not a product with the mask: padding may hold inf or NaN, which 0 * x keeps.
+    words[:, :keep] = captions[:, :keep].to(device, dtype).masked_fill(~word_mask[:, :keep, None], 0)
     prepared = {"words": words, "mask": word_mask.to(torch.int8)}
     as_float = words.float()
     if direction == "t2i":
@@ -814,7 +815,7 @@ class TritonScanScores(torch.autograd.Function):
             else:
                 grad_words += torch.bmm(grad_gram + grad_gram.transpose(1, 2), words_f)
             keep = min(wp, captions.shape[1])
-            grad_captions[index, :keep] += grad_words[:, :keep] * mask[index, :keep, None]
+            grad_captions[index, :keep] += grad_words[:, :keep].masked_fill(~mask[index, :keep, None], 0)
         if grad_image_gram is not None:  # t2i
             grad_images += torch.bmm(grad_image_gram + grad_image_gram.transpose(1, 2), regions_f)
         if grad_image_norm is not None:  # i2t

@@ -364,6 +364,8 @@ def _train_step(run: Run, batch) -> dict[str, float]:
     # Hardest negatives alone give little signal while the embedding is still random, which
     # matters on small data sets; the sum over negatives first warms it up.
     max_violation = run.config.train.max_violation and run.epoch >= run.config.train.sum_negatives_epochs
+    if run.config.train.negatives == "diagonal":
+        image_ids = None  # the original objective: another caption of the same image is a negative
     terms = triplet_loss(
         scores.float(), margin=run.config.train.margin, max_violation=max_violation, image_ids=image_ids
     )

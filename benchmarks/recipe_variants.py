@@ -1,13 +1,22 @@
-"""Benchmark: does training the global head beside SCAN cost SCAN's own ranking anything?
+"""Benchmark: the demo's SCAN t2i recipe with one choice changed, over several seeds.
 
-The first stage of search shortlists by a global vector per item, trained jointly with SCAN as
-an auxiliary triplet term (`model.global_head`, `train.global_loss_weight`). This trains the
-demo's SCAN t2i recipe on the demo's features with and without the head, over several seeds, and
-prints for each run the exhaustive SCAN rsum on the dev and test splits, and the rsum of the
-global head's cosines alone (what the first stage ranks by), then mean and standard deviation.
+Each variant is the demo recipe plus a few overrides. For each run it prints the exhaustive SCAN
+rsum on the dev and test splits, and the rsum of the global head's cosines alone (what search's
+first stage ranks by), then mean and standard deviation over seeds, and each variant's mean
+paired difference from the first variant listed (same seeds: the seed-to-seed spread on this
+little data is larger than most effects, the paired difference much smaller).
 
-    python benchmarks/global_head.py --features reports/flickr8k-demo/features-bottomup \\
-        --out reports/global-head --seeds 0 1 2 --variants no-head head-w1
+Two questions it answers (docs/RESULTS.md):
+
+* does training the global head beside SCAN cost SCAN's own ranking anything?
+
+    python benchmarks/recipe_variants.py --features reports/flickr8k-demo/features-bottomup \\
+        --out reports/variants --seeds 0 1 2 --variants no-head head-w1
+
+* are another caption of the positive's image negatives (the authors' loss) or not (ours)?
+
+    python benchmarks/recipe_variants.py --features reports/flickr8k-demo/features-bottomup \\
+        --out reports/variants --seeds 0 1 2 3 4 --variants head-w1 diagonal
 
 Runs are kept in `--out` and reused (a rerun only evaluates), so an interrupted benchmark resumes.
 """
@@ -32,8 +41,10 @@ from scan.search.two_stage import global_image_vectors, global_text_vector
 # name (also the run folder's prefix) -> recipe overrides
 VARIANTS = {
     "no-head": ["model.global_head=false"],
-    "head-w1": ["model.global_head=true", "train.global_loss_weight=1.0"],  # the default
+    "head-w1": ["model.global_head=true", "train.global_loss_weight=1.0"],  # the defaults
     "head-w0.1": ["model.global_head=true", "train.global_loss_weight=0.1"],
+    # The defaults, but the authors' negatives: every pair off the diagonal, same image or not.
+    "diagonal": ["model.global_head=true", "train.global_loss_weight=1.0", "train.negatives=diagonal"],
 }
 
 
@@ -101,6 +112,17 @@ def main() -> None:
             for name in ("scan dev", "scan test", "global dev", "global test")
         ]
         print(f"| {variant} | " + " | ".join(cells) + " |")
+    first = args.variants[0]
+    if len(args.variants) > 1:
+        print(f"\npaired difference from {first} (same seed): mean ± standard deviation, then each seed's")
+        print("| variant | SCAN dev rsum | SCAN test rsum |")
+        print("|---|---|---|")
+        for variant in args.variants[1:]:
+            cells = []
+            for name in ("scan dev", "scan test"):
+                diffs = [b - a for a, b in zip(figures[first][name], figures[variant][name], strict=True)]
+                cells.append(f"{summary(diffs)} ({', '.join(f'{d:+.1f}' for d in diffs)})")
+            print(f"| {variant} - {first} | " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
 
