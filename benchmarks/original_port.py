@@ -245,3 +245,46 @@ def shard_xattn(images, captions, caplens, opt, *, direction, shard_size=128, de
     if direction == "i2t":
         return shard_xattn_i2t(images, captions, caplens, opt, shard_size, device)
     raise NotImplementedError(direction)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation.py's ranking: `numpy.argsort` order, so a tie with the ground truth is broken by
+# position (the sort's), not against it. `sims` is (images, 5 * images), caption 5 i + k of image i.
+
+
+def i2t(sims):
+    """Images->Text (the original's `i2t`): `(r1, r5, r10, medr, meanr)` and the 0-based ranks."""
+    npts = sims.shape[0]
+    ranks = np.zeros(npts)
+    for index in range(npts):
+        inds = np.argsort(sims[index])[::-1]
+        # Score
+        rank = 1e20
+        for i in range(5 * index, 5 * index + 5, 1):
+            tmp = np.where(inds == i)[0][0]
+            if tmp < rank:
+                rank = tmp
+        ranks[index] = rank
+    r1 = 100.0 * len(np.where(ranks < 1)[0]) / len(ranks)
+    r5 = 100.0 * len(np.where(ranks < 5)[0]) / len(ranks)
+    r10 = 100.0 * len(np.where(ranks < 10)[0]) / len(ranks)
+    medr = np.floor(np.median(ranks)) + 1
+    meanr = ranks.mean() + 1
+    return (r1, r5, r10, medr, meanr), ranks
+
+
+def t2i(sims):
+    """Text->Images (the original's `t2i`): `(r1, r5, r10, medr, meanr)` and the 0-based ranks."""
+    npts = sims.shape[0]
+    ranks = np.zeros(5 * npts)
+    sims = sims.T
+    for index in range(npts):
+        for i in range(5):
+            inds = np.argsort(sims[5 * index + i])[::-1]
+            ranks[5 * index + i] = np.where(inds == index)[0][0]
+    r1 = 100.0 * len(np.where(ranks < 1)[0]) / len(ranks)
+    r5 = 100.0 * len(np.where(ranks < 5)[0]) / len(ranks)
+    r10 = 100.0 * len(np.where(ranks < 10)[0]) / len(ranks)
+    medr = np.floor(np.median(ranks)) + 1
+    meanr = ranks.mean() + 1
+    return (r1, r5, r10, medr, meanr), ranks

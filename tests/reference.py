@@ -85,33 +85,6 @@ def t2i_ranks(scores: Sequence[Sequence[float]], caption_image: Sequence[int]) -
     return ranks
 
 
-def original_i2t_ranks(scores, caption_image_per: int) -> list[int]:
-    """The authors' `i2t` ranks: `numpy.argsort` order, ties broken by the sort, not against the truth.
-
-    Their layout: caption `5 i + k` belongs to image `i` (`caption_image_per` = 5).
-    """
-    import numpy as np
-
-    ranks = []
-    for i in range(len(scores)):
-        order = np.argsort(np.asarray(scores[i]))[::-1]
-        rank = min(int(np.where(order == j)[0][0]) for j in range(caption_image_per * i, caption_image_per * (i + 1)))
-        ranks.append(rank + 1)
-    return ranks
-
-
-def original_t2i_ranks(scores, caption_image_per: int) -> list[int]:
-    """The authors' `t2i` ranks (`numpy.argsort` order), 1-based."""
-    import numpy as np
-
-    matrix = np.asarray(scores)
-    ranks = []
-    for j in range(matrix.shape[1]):
-        order = np.argsort(matrix[:, j])[::-1]
-        ranks.append(int(np.where(order == j // caption_image_per)[0][0]) + 1)
-    return ranks
-
-
 # ----------------------------------------------------------------------------------------------
 # Metrics and protocols.
 # ----------------------------------------------------------------------------------------------
