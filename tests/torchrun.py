@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -48,7 +49,29 @@ def kill_everything(process: subprocess.Popen) -> None:
     torchrun starts each worker in a session of its own, so killing torchrun's process group
     would leave the workers running on; each one is killed by pid.
     """
-    for pid in [process.pid, *descendants(process.pid)]:
+    pids = [process.pid, *descendants(process.pid)]
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     process.wait()
+    # A kill is delivered asynchronously: wait until every worker is gone (its files, and its
+    # locks, closed), so that what the test does next cannot meet a dying worker.
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids[1:]):
+        assert time.monotonic() < deadline, "torchrun's workers outlived SIGKILL"
+        time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    """Whether any thread of `pid` still runs.
+
+    A process's files (and its flocks) are closed when its last thread exits; its main thread
+    can be a zombie before the others are, so every thread is looked at.
+    """
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                return True
+        except (OSError, IndexError):  # that thread is gone
+            continue
+    return False

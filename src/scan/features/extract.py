@@ -627,24 +627,33 @@ def _read_progress(
         return lo, [], [0, 0]
 
 
+def _progress_fingerprint(paths: dict[str, Path], rank: int, size: int) -> str | None:
+    """The fingerprint a rank's progress file records, or None when it has none."""
+    try:
+        state = json.loads(_progress_path(paths, rank, size).read_text(encoding="utf-8"))
+        return state.get("fingerprint") if isinstance(state, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
 def _open_partials(
     paths: dict[str, Path], fingerprint: str, shape: tuple[int, int, int], dtype: np.dtype, current: World
 ) -> tuple[np.memmap, np.memmap]:
     """The ``.partial`` memmaps every rank writes its rows into.
 
-    Kept from an interrupted run of the same settings and sources, else made afresh by rank 0
-    (with every stale progress file removed).
+    Kept from an interrupted run of the same settings and sources when any rank of it (with this
+    many processes) recorded progress, so no finished share is redone; else made afresh by rank 0,
+    with every stale progress file removed.
     """
     if current.main:
         try:
             ims = np.lib.format.open_memmap(paths["ims_partial"], mode="r")
             boxes = np.lib.format.open_memmap(paths["boxes_partial"], mode="r")
-            own = json.loads(_progress_path(paths, 0, current.size).read_text(encoding="utf-8"))
             resumable = (
                 ims.shape == shape
                 and ims.dtype == dtype
                 and boxes.shape == (*shape[:2], 4)
-                and own.get("fingerprint") == fingerprint
+                and any(_progress_fingerprint(paths, rank, current.size) == fingerprint for rank in range(current.size))
             )
             del ims, boxes
         except (OSError, ValueError, AttributeError):
@@ -850,7 +859,10 @@ def _extract_split(
         "versions": _versions(),
     }
     _write_json_atomic(paths["json"], record)
-    for stale in _progress_files(paths):  # this run's, and any left by a run of another process count
+    # This run's progress, any left by a run of another process count, and the temporaries of
+    # progress writes that a kill cut short (`.name.*.tmp`, see scan.atomic).
+    progress_name = paths["progress"].name.replace(".progress.", ".progress*.")
+    for stale in [*_progress_files(paths), *out.glob(f".{progress_name}.*.tmp")]:
         stale.unlink(missing_ok=True)
     current.barrier()  # the outputs are there for the other ranks to read
     seconds = time.perf_counter() - start
