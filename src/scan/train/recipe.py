@@ -196,6 +196,9 @@ def setup(config: Config, *, resume: bool = False, current: World | None = None)
         optimizer = torch.optim.Adam(trainable, lr=config.train.lr)
 
         train_set = CaptionDataset(train_split, tokenizer)
+        remembered = _remember_frozen_text(model, train_set, val_split, tokenizer)
+        if remembered and current.main:
+            print(f"frozen text encoder: the states of {remembered} captions computed once, reused every epoch")
         steps_per_epoch = batches_per_epoch(len(train_set), config.data.batch_size, current.size)
         total_steps = steps_per_epoch * config.train.epochs
         if config.train.max_steps > 0:
@@ -225,6 +228,21 @@ def setup(config: Config, *, resume: bool = False, current: World | None = None)
         # Constructing DDP broadcasts rank 0's weights: every rank starts from the same model.
         run.trainer = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     return run
+
+
+def _remember_frozen_text(model: torch.nn.Module, train_set: CaptionDataset, val_split: Any, tokenizer: Any) -> int:
+    """Let a frozen pretrained text encoder compute each training and validation caption once.
+
+    (`MiniLMTextEncoder.remember`; a text encoder that is trained, or has no such method, is
+    left as it is.) Returns how many captions it remembers.
+    """
+    remember = getattr(getattr(model, "text_encoder", None), "remember", None)
+    if remember is None:
+        return 0
+    captions: list[Any] = list(train_set.token_ids)
+    if val_split is not None:
+        captions += [tokenizer.encode(caption) for caption in val_split.captions]
+    return int(remember(captions))
 
 
 def _parse_log_line(line: str) -> dict[str, Any] | None:
