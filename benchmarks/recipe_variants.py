@@ -51,6 +51,7 @@ VARIANTS = {
     "lambda9": ["model.lambda_softmax=9.0"],
     "lambda20": ["model.lambda_softmax=20.0"],
     "i2t": ["model.direction=i2t"],
+    "i2t-lambda9": ["model.direction=i2t", "model.lambda_softmax=9.0"],
 }
 
 
@@ -97,7 +98,7 @@ def main() -> None:
         columns = figures.setdefault(variant, {})
         for seed in args.seeds:
             run_dir = out / f"{variant}-seed{seed}"
-            overrides = [*DEMO_TEXT_ENCODERS[args.text_encoder], *scan_t2i, *VARIANTS[variant], f"train.seed={seed}"]
+            overrides = [*scan_t2i, *DEMO_TEXT_ENCODERS[args.text_encoder], *VARIANTS[variant], f"train.seed={seed}"]
             train_or_resume(DEMO_CONFIG, features, run_dir, overrides, device="cpu", progress=False)
             row = {
                 f"{part} {split}": value

@@ -17,7 +17,7 @@ import argparse
 
 from scan.cli.common import report_user_errors
 from scan.pipeline import DEFAULT_DEMO_DATA as DEFAULT_DATA
-from scan.pipeline import DEMO_CONFIG, DEMO_TEXT_ENCODERS, DemoOptions, run_demo
+from scan.pipeline import DEMO_CONFIG, DEMO_MODE, DEMO_TEXT_ENCODER, DEMO_TEXT_ENCODERS, DemoOptions, run_demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  scan demo                                   # the 800 Flickr8k photos in ../shared/data\n"
             "  scan demo --data ~/flickr8k --out reports/flickr8k-full   # the full Kaggle Flickr8k folder\n"
-            "  scan demo --mode grid                       # 6x6 grid regions instead of detector boxes"
+            "  scan demo --mode bottomup --text-encoder gru   # detector boxes and a GRU: SCAN as the paper built it"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -45,13 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"training recipe of the three models: a packaged name or a YAML file (default {DEMO_CONFIG})",
     )
     parser.add_argument(
-        "--mode", choices=("bottomup", "grid"), default="bottomup", help="region boxes: detector or grid"
+        "--mode",
+        choices=("grid", "bottomup"),
+        default=DEMO_MODE,
+        help=f"region boxes: grid (6 x 6 cells) or bottomup (detector boxes) (default {DEMO_MODE})",
     )
     parser.add_argument(
         "--text-encoder",
         choices=tuple(DEMO_TEXT_ENCODERS),
-        default="gru",
-        help="gru: trained from scratch (default); minilm: pretrained MiniLM-L6, frozen; minilm-finetune: MiniLM trained too",
+        default=DEMO_TEXT_ENCODER,
+        help="minilm: pretrained MiniLM-L6, frozen; minilm-finetune: MiniLM trained too; gru: trained from "
+        f"scratch (default {DEMO_TEXT_ENCODER})",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--attention-examples", type=int, default=4, help="test captions to draw attention for")
