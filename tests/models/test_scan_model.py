@@ -71,7 +71,7 @@ def test_model_passes_its_options_to_dispatch(monkeypatch):
         matrix = model.score_matrix(images, captions, lengths)
     assert [kind for kind, _, _ in seen] == ["batch", "matrix"]
     assert all(options is model.attention for _, options, _ in seen)
-    assert seen[0][2] == dict(backend="torch", precision="fp32")
+    assert seen[0][2] == dict(backend="torch", precision="fp32", smooth=None)  # lambda_1 is not learned
     assert seen[1][2] == dict(backend="torch", precision="fp32")
     torch.testing.assert_close(matrix, batch, atol=1e-5, rtol=1e-5)
 

@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_scan import reference
+from reference_scan import reference, reference_scores
 
 from scan.errors import BackendError, ConfigError
 from scan.similarity import dispatch
@@ -173,3 +173,45 @@ def test_triton_refuses_a_table_entry_without_a_kernel_code(monkeypatch):
         triton_path.score_matrix(images.float(), captions.float(), lengths, opts, precision="fp32")
     with pytest.raises(BackendError, match="pooling 'Max'"):
         triton_path.batch_scores(images.float(), captions.float(), mask, opts, precision="fp32")
+
+
+def test_a_learned_smooth_is_scored_where_it_has_a_gradient(monkeypatch):
+    """lambda_1 that needs a gradient (`model.learn_lambda`): `auto` skips the Triton kernels, which
+    have none for it, and a forced `triton` is refused; under no_grad nothing needs one."""
+    monkeypatch.setattr(dispatch, "available_backends", lambda device: ["triton", "torch"])
+    opts = options("t2i")
+    assert dispatch.resolve_backend("auto", "cuda", opts, learned_smooth=True) == "torch"
+    assert dispatch.resolve_backend("torch", "cuda", opts, learned_smooth=True) == "torch"
+    assert dispatch.resolve_backend("auto", "cuda", opts) == "triton"
+    expected = "the triton backend does not implement a learned lambda_softmax"
+    for device in ("cpu", "cuda"):  # refused whether or not triton could run there
+        with pytest.raises(BackendError, match=re.escape(expected)):
+            dispatch.resolve_backend("triton", device, opts, learned_smooth=True)
+    smooth = torch.tensor(5.0, requires_grad=True)
+    assert dispatch._learned(smooth) and not dispatch._learned(None) and not dispatch._learned(smooth.detach())
+    with torch.no_grad():
+        assert not dispatch._learned(smooth)
+    images, captions, _lengths, mask = random_inputs(0)
+    with pytest.raises(TypeError, match="0-dim"):
+        dispatch.batch_scores(images, captions, mask, opts, smooth=5.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+@pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-4), ("bf16", 1e-2)])
+def test_batch_scores_gradient_in_a_tensor_smooth_matches_reference(direction, precision, tolerance):
+    """Every precision of the PyTorch path carries lambda_1's gradient (float32 scalar, as a model holds it)."""
+    images, captions, lengths, mask = random_inputs(91 + (direction == "i2t"), n=4, m=5)
+    opts = options(direction, "clipped_l2norm", "Mean")
+    rounded = (lambda x: x.to(torch.bfloat16).double()) if precision == "bf16" else (lambda x: x.float().double())
+    ref_smooth = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
+    ref = reference_scores(
+        rounded(images), rounded(captions), lengths, direction=direction, norm="clipped_l2norm", smooth=ref_smooth,
+        agg="Mean", lambda_lse=6.0,
+    )  # fmt: skip
+    ref.sum().backward()
+    smooth = torch.tensor(6.0, requires_grad=True)
+    ours = dispatch.batch_scores(images.float(), captions.float(), mask, opts, precision=precision, smooth=smooth)
+    assert ours.dtype == torch.float32
+    ours.sum().backward()
+    assert rel_err(ours, ref) < tolerance
+    assert smooth.grad is not None and rel_err(smooth.grad, ref_smooth.grad) < tolerance

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import zlib
 
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_scan import reference
+from reference_scan import reference, reference_scores
 
 from scan.errors import ConfigError
 from scan.similarity.functional import attend, cosine, normalize_raw_scores, pool
@@ -140,3 +141,35 @@ def test_non_finite_garbage_in_the_padding_changes_nothing(direction, garbage):
     assert grads[1][1][~mask].abs().max() == 0
     torch.testing.assert_close(score_matrix(images, dirty, lengths, opts), score_matrix(images, clean, lengths, opts))
     assert torch.isfinite(score_matrix(images, dirty, lengths, opts, image_block=3, caption_block=2)).all()
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+@pytest.mark.parametrize("norm", ["clipped_l2norm", "softmax", "no_norm"])
+def test_a_tensor_smooth_scores_as_its_float_and_has_the_reference_gradient(direction, norm):
+    """lambda_1 as a 0-dim tensor (a learned temperature) overrides the options' float: the same
+    scores as that float, and d(scores)/d(lambda_1) is the reference loop's."""
+    images, captions, lengths, mask = random_inputs(zlib.crc32(f"smooth-{direction}-{norm}".encode()))
+    opts = AttentionOptions(direction=direction, norm=norm, smooth=9.0, agg="LogSumExp", lambda_lse=6.0)
+    smooth = torch.tensor(3.5, dtype=torch.float64, requires_grad=True)  # not the options' 9
+    ours = pairwise_scores(images, captions, mask, opts, smooth=smooth)
+    at_float = AttentionOptions(direction=direction, norm=norm, smooth=3.5, agg="LogSumExp", lambda_lse=6.0)
+    assert torch.equal(ours.detach(), pairwise_scores(images, captions, mask, at_float))
+
+    ref_smooth = smooth.detach().clone().requires_grad_()
+    ref = reference_scores(
+        images, captions, lengths, direction=direction, norm=norm, smooth=ref_smooth, agg="LogSumExp", lambda_lse=6.0
+    )
+    weights = torch.randn(ours.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    (ours * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert rel_err(ours.detach(), ref.detach()) < 1e-9
+    assert smooth.grad is not None and abs(smooth.grad.item()) > 1e-8
+    assert rel_err(smooth.grad, ref_smooth.grad) < 1e-7
+
+
+def test_a_smooth_override_must_be_one_number():
+    images, captions, _lengths, mask = random_inputs(0)
+    opts = AttentionOptions()
+    for bad, named in [(torch.ones(1), "shape (1,)"), (torch.tensor(9), "shape ()"), (9.0, "float")]:
+        with pytest.raises(TypeError, match=re.escape(named)):
+            pairwise_scores(images, captions, mask, opts, smooth=bad)  # type: ignore[arg-type]

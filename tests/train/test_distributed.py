@@ -61,9 +61,10 @@ def test_the_shards_of_a_batch_partition_it_and_one_process_gets_the_whole_batch
 
 
 def test_two_processes_learn_and_one_process_under_torchrun_is_todays_run(synthetic_data, tmp_path):
-    train(2, synthetic_data, tmp_path / "two", "train.epochs=3")
+    # 5 epochs: measured 2026-12-07 (numpy 2.4.6), 3 epochs reached rsum 278 and 5 reach 582.
+    train(2, synthetic_data, tmp_path / "two", "train.epochs=5")
     assert last_validation(tmp_path / "two")["rsum"] > 400  # chance on 50 dev images: about 63
-    assert (tmp_path / "two" / "metrics.jsonl").read_text().count('"split"') == 3  # rank 0 alone logs
+    assert (tmp_path / "two" / "metrics.jsonl").read_text().count('"split"') == 5  # rank 0 alone logs
 
     train(1, synthetic_data, tmp_path / "torchrun-one", "train.max_steps=12")
     plain = ["train", "--config", str(SYNTHETIC_CONFIG), "--data", str(synthetic_data), "--device", "cpu"]

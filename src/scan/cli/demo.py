@@ -17,7 +17,15 @@ import argparse
 
 from scan.cli.common import report_user_errors
 from scan.pipeline import DEFAULT_DEMO_DATA as DEFAULT_DATA
-from scan.pipeline import DEMO_CONFIG, DEMO_MODE, DEMO_TEXT_ENCODER, DEMO_TEXT_ENCODERS, DemoOptions, run_demo
+from scan.pipeline import (
+    DEMO_CONFIG,
+    DEMO_MODE,
+    DEMO_REGIONS,
+    DEMO_TEXT_ENCODER,
+    DEMO_TEXT_ENCODERS,
+    DemoOptions,
+    run_demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,16 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--mode",
-        choices=("grid", "bottomup"),
+        choices=tuple(DEMO_REGIONS),
         default=DEMO_MODE,
-        help=f"region boxes: grid (6 x 6 cells) or bottomup (detector boxes) (default {DEMO_MODE})",
+        help="regions: grid (6 x 6 cells of EfficientNet-Lite0), grid-lite2 (of Lite2), pyramid (6 x 6, 3 x 3 "
+        "and 1 x 1 cells), bottomup (detector boxes) or bottomup-grid (boxes and 6 x 6 cells) "
+        f"(default {DEMO_MODE})",
     )
     parser.add_argument(
         "--text-encoder",
         choices=tuple(DEMO_TEXT_ENCODERS),
         default=DEMO_TEXT_ENCODER,
         help="minilm: pretrained MiniLM-L6, frozen; minilm-finetune: MiniLM trained too; gru: trained from "
-        f"scratch (default {DEMO_TEXT_ENCODER})",
+        f"scratch; gru-minilm-words: a GRU starting from MiniLM's word vectors (default {DEMO_TEXT_ENCODER})",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--attention-examples", type=int, default=4, help="test captions to draw attention for")

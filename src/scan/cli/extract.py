@@ -38,12 +38,13 @@ Exit status: 0 done, 1 unreadable images under --strict, 2 bad input data or arg
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scan.features.backbone import VARIANTS
     from scan.features.extract import ExtractConfig
 
     d = ExtractConfig()
     p = argparse.ArgumentParser(
         prog="scan extract",
-        description="Extract R region features per image (EfficientNet-Lite0 RoIAlign features at SSD-MobileNetV2 "
+        description="Extract R region features per image (EfficientNet-Lite RoIAlign features at SSD-MobileNetV2 "
         "COCO boxes, or a grid) into SCAN's precomputed layout.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -84,7 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per checkpoint: an interrupted run resumes from the last one (default: %(default)s)",
     )
     p.add_argument(
-        "--num-regions", type=int, default=d.num_regions, metavar="R", help="regions per image (default: %(default)s)"
+        "--num-regions",
+        type=int,
+        default=d.num_regions,
+        metavar="R",
+        help="regions per image of the mode: detector boxes, or grid cells (a square number) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--add-grids",
+        type=int,
+        nargs="+",
+        default=list(d.add_grids),
+        metavar="SIDE",
+        help="also the cells of these grids, after the mode's regions: --mode grid --add-grids 3 1 is a "
+        "three-scale pyramid (36 + 9 + 1 regions), --mode bottomup --add-grids 6 the boxes and the 6 x 6 cells",
+    )
+    p.add_argument(
+        "--backbone",
+        choices=sorted(VARIANTS),
+        default=d.backbone,
+        help="EfficientNet-Lite variant whose feature map is pooled; lite2 is more accurate and about "
+        "1.7x slower (default: %(default)s)",
     )
     p.add_argument(
         "--image-size",
@@ -144,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = ExtractConfig(
         mode=args.mode,
         num_regions=args.num_regions,
+        add_grids=tuple(args.add_grids),
+        backbone=args.backbone,
         image_size=args.image_size,
         dtype=args.dtype,
         batch_size=args.batch_size,

@@ -10,8 +10,12 @@ any folder of captioned photos with small models that run on a laptop CPU:
   (:func:`.roi.select_regions`);
 * ``mode="grid"``: the 6x6 grid of cells over the image (no detector), the "grid features" baseline.
 
-Either way each box's feature is the mean of a 14x14 grid of bilinear samples (RoIAlign,
-``aligned=True``; :func:`.roi.roi_align`) of the 1280-channel EfficientNet-Lite0 head map
+``add_grids`` appends the cells of coarser or further grids to either: ``mode="grid"`` with
+``add_grids=(3, 1)`` is a spatial pyramid (36 + 9 + 1 regions at three scales), ``mode="bottomup"``
+with ``add_grids=(6,)`` gives the detector's boxes and the grid cells together (36 + 36).
+
+Each box's feature is the mean of a 14x14 grid of bilinear samples (RoIAlign, ``aligned=True``;
+:func:`.roi.roi_align`) of the 1280-channel EfficientNet-Lite0 or Lite2 head map
 (:mod:`.backbone`, stride 16): ``F = 1280``.
 
 Written per split into ``out_folder``: ``{split}_ims.npy`` ``(N, R, F)`` (float32 or float16),
@@ -105,7 +109,9 @@ DEFAULT_SPLITS = ("train", "dev", "test")
 @dataclass
 class ExtractConfig:
     mode: str = "bottomup"  # "bottomup": detector boxes (+ grid fill); "grid": a sqrt(R) x sqrt(R) grid
-    num_regions: int = 36  # R: regions per image (grid mode needs a square number)
+    num_regions: int = 36  # regions of the mode per image (grid mode needs a square number)
+    add_grids: tuple[int, ...] = ()  # sides of further grids whose cells follow the mode's regions
+    backbone: str = "lite0"  # EfficientNet-Lite variant: "lite0" or "lite2" (scan.features.backbone.VARIANTS)
     image_size: int = 448  # shorter side of the backbone input in pixels (aspect kept)
     max_size: int = 768  # cap on the longer side of the backbone input in pixels
     output_stride: int = 16  # backbone feature-map stride: 16 (dilated last stage) or 32
@@ -127,6 +133,8 @@ class ExtractConfig:
     MODEL_FIELDS: ClassVar[tuple[str, ...]] = (
         "mode",
         "num_regions",
+        "add_grids",
+        "backbone",
         "image_size",
         "max_size",
         "output_stride",
@@ -138,11 +146,40 @@ class ExtractConfig:
         "min_box_size",
     )
 
+    # Settings added after FORMAT 1, with the value every earlier extraction had: left out of the
+    # fingerprint at that value, so features extracted before they existed are still up to date.
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"add_grids": (), "backbone": "lite0"}
+
+    def __post_init__(self) -> None:
+        self.add_grids = tuple(self.add_grids)  # a list from JSON or argparse; the fingerprint needs one form
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> ExtractConfig:
+        """The config an extraction record holds (`{split}_extract.json`'s `config`, a model's `data.extract`).
+
+        Settings the record lacks take their defaults, the values earlier versions always used;
+        settings this version does not know are ignored.
+        """
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in settings.items() if k in known})
+
+    @property
+    def total_regions(self) -> int:
+        """R: the regions written per image, the mode's and then every added grid's cells."""
+        return self.num_regions + sum(side * side for side in self.add_grids)
+
     def validate(self) -> None:
         """Check every setting; raises `ConfigError` naming the option (as `scan extract` spells it)."""
+        from scan.features.backbone import VARIANTS
+
         problems = []
         if self.mode not in ("bottomup", "grid"):
             problems.append(f"--mode must be 'bottomup' or 'grid', got {self.mode!r}")
+        if self.backbone not in VARIANTS:
+            problems.append(f"--backbone must be one of {sorted(VARIANTS)}, got {self.backbone!r}")
+        bad_grids = [side for side in self.add_grids if not isinstance(side, int) or side < 1]
+        if bad_grids:
+            problems.append(f"--add-grids takes grid sides of at least 1, got {list(self.add_grids)}")
         if self.num_regions < 1:
             problems.append(f"--num-regions must be positive, got {self.num_regions}")
         elif self.mode == "grid" and math.isqrt(self.num_regions) ** 2 != self.num_regions:
@@ -170,7 +207,11 @@ class ExtractConfig:
 
     def output_fields(self) -> dict[str, Any]:
         """The settings that determine the written bytes (those in the fingerprint)."""
-        return {k: v for k, v in asdict(self).items() if k not in self.EXECUTION_FIELDS}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in self.EXECUTION_FIELDS and not (k in self.LATER_FIELDS and v == self.LATER_FIELDS[k])
+        }
 
 
 class ImageLoadError(ScanError, OSError):
@@ -290,9 +331,9 @@ def _digest(path: Path) -> str:
 
 def model_fingerprint(config: ExtractConfig) -> dict[str, str]:
     """SHA-256 prefixes of the model files the config uses (without loading the models)."""
-    from scan.features.backbone import lite0_weights_path
+    from scan.features.backbone import weights_path
 
-    out = {"backbone": _digest(lite0_weights_path())}
+    out = {"backbone": _digest(weights_path(config.backbone))}
     if config.mode == "bottomup":
         from scan.features.detector import ssd_model_files
 
@@ -340,12 +381,15 @@ class RegionExtractor:
     """
 
     def __init__(self, config: ExtractConfig) -> None:
-        from scan.features.backbone import EfficientNetLite0Backbone
+        from scan.features.backbone import EfficientNetLiteBackbone
 
         config.validate()
         self.config = config
-        self.backbone = EfficientNetLite0Backbone(
-            output_stride=config.output_stride, shorter_side=config.image_size, max_longer_side=config.max_size
+        self.backbone = EfficientNetLiteBackbone(
+            config.backbone,
+            output_stride=config.output_stride,
+            shorter_side=config.image_size,
+            max_longer_side=config.max_size,
         )
         self.detector = None
         if config.mode == "bottomup":
@@ -366,6 +410,13 @@ class RegionExtractor:
 
     def boxes(self, image: np.ndarray) -> tuple[np.ndarray, int]:
         """``R`` pixel boxes ``(R, 4)`` for an RGB ``uint8`` image, and how many are detections."""
+        boxes, num_detected = self._mode_boxes(image)
+        if not self.config.add_grids:
+            return boxes, num_detected
+        added = [grid_boxes(image.shape[:2], side) for side in self.config.add_grids]
+        return np.concatenate([boxes, *added]), num_detected
+
+    def _mode_boxes(self, image: np.ndarray) -> tuple[np.ndarray, int]:
         cfg = self.config
         if self.detector is None:
             return grid_boxes(image.shape[:2], grid_size(cfg.num_regions)), 0
@@ -708,7 +759,7 @@ def _extract_split(
     extractor = extractor or RegionExtractor(config)
     if extractor.config.model_fields() != config.model_fields():
         raise ValueError("the extractor was built for different model settings than this config")
-    r, f_dim = config.num_regions, extractor.feature_dim
+    r, f_dim = config.total_regions, extractor.feature_dim
     dtype = np.dtype(config.dtype)
 
     # Resume this rank's share from a matching interrupted run, or start it afresh.

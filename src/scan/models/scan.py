@@ -7,6 +7,11 @@ section 3.1 for i2t, 3.2 for t2i). Evaluation and retrieval encode a gallery onc
 `forward_with_global`, which also returns the cosines of the trained global vectors
 (`GlobalHead`, the first stage of two-stage search) from the same encoding of the batch.
 
+With `model.learn_lambda` the attention softmax's inverse temperature lambda_1 is trained with
+the model: `SCAN` holds it as `log_lambda` (so it stays positive), `similarity` passes it to the
+scores as a tensor so the loss reaches it, and `attention` reports its current value, so that
+evaluation, search and drawing score with the lambda_1 that was learned.
+
 `GlobalEmbedding` is the VSE++-style baseline the paper compares against: regions and words
 mean-pooled into one vector each, scored by cosine. It shares the encoders and the interface
 (an embedding is a "set" of one vector), so the same recipe trains and evaluates both.
@@ -14,6 +19,8 @@ mean-pooled into one vector each, scored by cosine. It shares the encoders and t
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import ClassVar
 
 import torch
@@ -53,12 +60,14 @@ class SCAN(nn.Module):
 
     # Whether `model.global_head` builds a `GlobalHead` for this architecture.
     supports_global_head: ClassVar[bool] = True
+    # Whether `model.learn_lambda` trains lambda_1: only an architecture that attends has one.
+    supports_learned_lambda: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         # Built (and so checked) once: a bad option fails here, not at the first scored batch.
-        self.attention: AttentionOptions = attention_options(config)
+        self._attention: AttentionOptions = attention_options(config)
         self.image_encoder = ImageEncoder(
             image_dim=config.image_dim, embed_dim=config.embed_dim, weight_norm=config.image_weight_norm
         )
@@ -68,8 +77,32 @@ class SCAN(nn.Module):
         self.global_head: GlobalHead | None = (
             GlobalHead(config.embed_dim) if config.global_head and self.supports_global_head else None
         )
+        # lambda_1 in log space, so no step can make it negative; a constant, not a random draw, so
+        # the encoders' initialisation under a seed is unchanged. Without `learn_lambda` there is no
+        # parameter at all: state-dict keys, and so older checkpoints, stay as they were.
+        self.log_lambda: nn.Parameter | None = (
+            nn.Parameter(torch.tensor(math.log(self._attention.smooth)))
+            if config.learn_lambda and self.supports_learned_lambda
+            else None
+        )
         self.scoring_backend = "auto"  # set by the caller: "auto", "torch" or "triton"
         self.scoring_precision = "auto"  # "auto", "fp32" (exact), "tf32" or "bf16"
+
+    @property
+    def attention(self) -> AttentionOptions:
+        """The options every score and drawing uses: the config's, with lambda_1 as learned so far.
+
+        With `learn_lambda`, `smooth` is the current `exp(log_lambda)` as a float (read from the
+        device on each access): callers that score without gradients (evaluation, search,
+        drawing) then use the learned value without knowing it is learned.
+        """
+        if self.log_lambda is None:
+            return self._attention
+        return dataclasses.replace(self._attention, smooth=float(self.log_lambda.detach().exp()))
+
+    def learned_smooth(self) -> torch.Tensor | None:
+        """lambda_1 as a 0-dim tensor the scores differentiate through, or None when it is not learned."""
+        return None if self.log_lambda is None else self.log_lambda.exp()
 
     def encode_image(self, features: torch.Tensor) -> torch.Tensor:
         """`(N, R, F)` region features -> `(N, R, D)` unit region vectors."""
@@ -81,13 +114,16 @@ class SCAN(nn.Module):
 
     def similarity(self, images: torch.Tensor, captions: torch.Tensor, caption_mask: torch.Tensor) -> torch.Tensor:
         """Differentiable `(N, M)` scores of encoded images against encoded captions."""
+        # A learned lambda_1 goes in as a tensor, overriding the options' float, so the loss's
+        # gradient reaches `log_lambda` (on the PyTorch path: the Triton kernels have none for it).
         return dispatch.batch_scores(
             images.float(),
             captions.float(),
             caption_mask,
-            self.attention,
+            self._attention,
             backend=self.scoring_backend,
             precision=self.scoring_precision,
+            smooth=self.learned_smooth(),
         )
 
     @torch.no_grad()
@@ -156,6 +192,7 @@ class GlobalEmbedding(SCAN):
     """VSE++-style baseline: mean-pooled regions and words, one unit vector each, cosine score."""
 
     supports_global_head = False  # its score already is a global cosine: nothing to add
+    supports_learned_lambda = False  # no attention, so no lambda_1 to learn
 
     def encode_image(self, features: torch.Tensor) -> torch.Tensor:
         regions = self.image_encoder(features)  # (N, R, D)

@@ -53,8 +53,18 @@ DEMO_ENSEMBLE = "SCAN t2i + i2t (ensemble)"
 # the paper's) ranked better on the dev split than the GRU's 4 (docs/RESULTS.md).
 DEMO_TEXT_ENCODERS = {
     "gru": ["model.text_encoder=gru"],
+    # The GRU with each vocabulary word's MiniLM-L6 vector as its starting word embedding.
+    "gru-minilm-words": ["model.text_encoder=gru", "model.word_vectors=minilm", "model.word_dim=384"],
     "minilm": ["model.text_encoder=minilm", "model.freeze_text=true", "model.lambda_softmax=9.0"],
     "minilm-finetune": ["model.text_encoder=minilm", "model.freeze_text=false", "model.lambda_softmax=9.0"],
+}
+# The region choices (`scan demo --mode`): name -> extraction settings, as `scan extract` takes them.
+DEMO_REGIONS: dict[str, dict[str, Any]] = {
+    "grid": {"mode": "grid"},  # 6 x 6 cells of the EfficientNet-Lite0 map
+    "grid-lite2": {"mode": "grid", "backbone": "lite2"},  # the same cells of the larger Lite2
+    "pyramid": {"mode": "grid", "add_grids": (3, 1)},  # 6 x 6, 3 x 3 and the whole photo: 46 regions
+    "bottomup": {"mode": "bottomup"},  # 36 detector boxes, as the paper's regions
+    "bottomup-grid": {"mode": "bottomup", "add_grids": (6,)},  # the boxes and the 6 x 6 cells: 72 regions
 }
 # The demo's defaults: the best configuration measured on the dev split that fits its time budget
 # (grid regions and frozen MiniLM; docs/RESULTS.md, "Choosing the demo's default").
@@ -279,8 +289,7 @@ def features_for_models(data: Path, split: str, models: Sequence[TrainedModel], 
         raise ConfigError(
             "the models were trained on features extracted with different settings; evaluate them separately"
         )
-    known = set(ExtractConfig.__dataclass_fields__)
-    config = ExtractConfig(**{k: v for k, v in settings[0].items() if k in known})
+    config = ExtractConfig.from_settings(settings[0])
     records = read_image_folder(data)
     if split == "all":
         for record in records:
@@ -384,8 +393,8 @@ class DemoOptions:
     data: str = DEFAULT_DEMO_DATA  # photos + captions.txt or dataset_*.json
     out: str = "reports/flickr8k-demo"  # report folder
     config: str = DEMO_CONFIG  # training recipe of the three models
-    mode: str = DEMO_MODE  # region boxes: "grid" (6 x 6 cells) or "bottomup" (detector)
-    text_encoder: str = DEMO_TEXT_ENCODER  # "minilm" (frozen), "minilm-finetune" or "gru"
+    mode: str = DEMO_MODE  # regions: a key of DEMO_REGIONS
+    text_encoder: str = DEMO_TEXT_ENCODER  # a key of DEMO_TEXT_ENCODERS
     device: str = "auto"
     attention_examples: int = 4  # test captions to draw attention for
     quiet: bool = False  # no progress bars
@@ -408,7 +417,7 @@ def extract_demo_features(data: Path, out: Path, *, mode: str, progress: bool) -
     from scan.features.extract import ExtractConfig, extract_dataset
 
     features = out / f"features-{mode}"
-    summaries = extract_dataset(data, features, ExtractConfig(mode=mode), progress=progress)
+    summaries = extract_dataset(data, features, ExtractConfig(**DEMO_REGIONS[mode]), progress=progress)
     for split, s in summaries.items():
         how = "up to date, reused" if s.cached else f"{s.seconds_per_image:.2f} s/image"
         failed = f", {len(s.failed)} unreadable photos left out" if s.failed else ""
@@ -457,6 +466,8 @@ def run_demo(options: DemoOptions) -> dict[str, dict[str, Any]]:
     """`scan demo`: photos -> features -> baseline, SCAN t2i, SCAN i2t -> table, curves, pictures."""
     if options.text_encoder not in DEMO_TEXT_ENCODERS:
         raise ConfigError(f"--text-encoder must be one of {sorted(DEMO_TEXT_ENCODERS)}, got {options.text_encoder!r}")
+    if options.mode not in DEMO_REGIONS:
+        raise ConfigError(f"--mode must be one of {sorted(DEMO_REGIONS)}, got {options.mode!r}")
     if options.attention_examples < 0:
         raise ConfigError(f"--attention-examples must be >= 0, got {options.attention_examples}")
     started = time.time()

@@ -359,8 +359,7 @@ class Index:
                 "be featurised as its training photos were; index with a model trained on features from "
                 "`scan extract` (or `scan demo`), or add precomputed features with Index.add_features"
             )
-        known = set(ExtractConfig.__dataclass_fields__)
-        return ExtractConfig(**{k: v for k, v in settings.items() if k in known})
+        return ExtractConfig.from_settings(settings)
 
     def add_photos(
         self,
@@ -718,8 +717,9 @@ class Index:
 
 
 def _num_regions(model: TrainedModel) -> int:
-    settings = model.config.data.extract or {}
-    return int(settings.get("num_regions", 36))
+    from scan.features.extract import ExtractConfig
+
+    return ExtractConfig.from_settings(model.config.data.extract or {}).total_regions
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -13,7 +13,9 @@ else the PyTorch path; a forced backend that cannot run, or that does not implem
 raises `BackendError`.
 
 Options: every call takes one `AttentionOptions` (direction, norm, smooth, agg, lambda_lse),
-checked when it was built.
+checked when it was built. `batch_scores` also takes lambda_1 as a 0-dim tensor (`smooth=`),
+for a temperature trained with the model (`model.learn_lambda`): only the PyTorch path has a
+gradient for it, so `auto` scores such a batch there and a forced `triton` refuses it.
 
 Precision: `fp32` is exact float32; `bf16` multiplies bf16-rounded embeddings with float32
 accumulation (everything after the raw scores stays float32); `tf32` lets the GPU's tensor
@@ -38,6 +40,10 @@ CPU_BLOCK_BUDGET_MB = 16.0
 GPU_BLOCK_BUDGET_MB = 1024.0
 TRITON_BUDGET_MB = 4096.0  # device copies of the embeddings (the kernel keeps no intermediates)
 
+# Backends whose batch scores are differentiable with respect to lambda_1 itself, where a learned
+# temperature can train: the Triton kernels take it as a constant and compute no gradient for it.
+LEARNED_SMOOTH_BACKENDS = ("torch",)
+
 
 def _triton_module():
     from scan.similarity import triton as triton_path
@@ -55,7 +61,18 @@ def available_backends(device: torch.device | str) -> list[str]:
     return backends
 
 
-def resolve_backend(backend: str, device: torch.device | str, options: AttentionOptions | None = None) -> str:
+def _learned(smooth: torch.Tensor | None) -> bool:
+    """Whether a lambda_1 override will get a gradient (a learned temperature, outside no_grad)."""
+    return smooth is not None and smooth.requires_grad and torch.is_grad_enabled()
+
+
+def resolve_backend(
+    backend: str,
+    device: torch.device | str,
+    options: AttentionOptions | None = None,
+    *,
+    learned_smooth: bool = False,
+) -> str:
     """`auto` -> the fastest available backend for `options`; a forced one is checked.
 
     A forced `triton` on the CPU is accepted under `TRITON_INTERPRET=1` (how the tests run the
@@ -66,21 +83,33 @@ def resolve_backend(backend: str, device: torch.device | str, options: Attention
         device: where the scores are computed.
         options: the options to score with; `auto` skips backends that do not implement them,
             a forced backend that does not is an error. None: only availability is checked.
+        learned_smooth: lambda_1 needs a gradient (a learned temperature): `auto` then takes only
+            `LEARNED_SMOOTH_BACKENDS`, and forcing another backend is an error.
 
     Raises:
         ConfigError: `backend` is not a backend name.
-        BackendError: the forced backend cannot run on `device` or does not implement `options`.
+        BackendError: the forced backend cannot run on `device`, does not implement `options`,
+            or has no gradient for a learned lambda_1.
     """
     device = torch.device(device)
     available = available_backends(device)
     if backend == "auto":
         # torch implements every option, so this always finds one; the fallback keeps it total.
-        usable = [b for b in available if options is None or options.implemented_by(b)]
+        usable = [
+            b
+            for b in available
+            if (options is None or options.implemented_by(b)) and (not learned_smooth or b in LEARNED_SMOOTH_BACKENDS)
+        ]
         return (usable or available)[0]
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     if options is not None:
         options.require(backend)  # refused whether or not it could run here: it never computes these
+    if learned_smooth and backend not in LEARNED_SMOOTH_BACKENDS:
+        raise BackendError(
+            f"the {backend} backend does not implement a learned lambda_softmax (model.learn_lambda): "
+            f"it has no gradient for lambda_1; use backend={LEARNED_SMOOTH_BACKENDS[0]!r}"
+        )
     if backend in available or (backend == "triton" and _triton_module().is_available(device)):
         return backend
     if backend == "triton" and not _triton_module().triton_importable():
@@ -173,6 +202,7 @@ def batch_scores(
     *,
     backend: str = "auto",
     precision: str = "auto",
+    smooth: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Differentiable `(B, B')` scores of a training batch, on the inputs' device.
 
@@ -183,18 +213,26 @@ def batch_scores(
         options: direction, norm, smooth (lambda_1), agg and lambda_lse.
         backend, precision: as for `score_matrix`. On the PyTorch path `bf16` multiplies in
             bf16 and `fp32`/`tf32` keep the inputs' dtype (float64 stays float64).
+        smooth: lambda_1 as a 0-dim tensor, in place of `options.smooth`: a learned temperature,
+            which gets its gradient through the scores. One that needs a gradient is scored on a
+            backend of `LEARNED_SMOOTH_BACKENDS` (`auto` picks one). None: `options.smooth`.
 
     Raises:
         ConfigError: an unknown backend or precision name.
-        BackendError: a forced backend that cannot run here or does not implement `options`.
+        BackendError: a forced backend that cannot run here, does not implement `options`, or
+            has no gradient for a `smooth` that needs one.
+        TypeError: `smooth` is not a 0-dim floating-point tensor.
     """
     _check_options(options)
-    backend = resolve_backend(backend, images.device, options)
+    torch_path.check_smooth(smooth)
+    backend = resolve_backend(backend, images.device, options, learned_smooth=_learned(smooth))
     precision = resolve_precision(precision, backend)
     if backend == "triton":
-        return _triton_module().batch_scores(images, captions, caption_mask, options, precision=precision)
+        return _triton_module().batch_scores(
+            images, captions, caption_mask, options, precision=precision, smooth=smooth
+        )
     if precision == "bf16":
         return torch_path.pairwise_scores(
-            images.to(torch.bfloat16), captions.to(torch.bfloat16), caption_mask, options
+            images.to(torch.bfloat16), captions.to(torch.bfloat16), caption_mask, options, smooth=smooth
         ).to(images.dtype)
-    return torch_path.pairwise_scores(images, captions, caption_mask, options)
+    return torch_path.pairwise_scores(images, captions, caption_mask, options, smooth=smooth)

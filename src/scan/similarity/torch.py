@@ -19,6 +19,8 @@ set without any transpose.
 It is differentiable, so training on the CPU uses it for the batch's `B x B` score matrix;
 `score_matrix` tiles it over a whole gallery with blocks sized from a memory budget, computing
 each context item's Gram matrix and each query item's norms once for the whole gallery.
+`pairwise_scores` also takes lambda_1 as a 0-dim tensor (`smooth=`, in place of the options'
+float), so a learned temperature (`model.learn_lambda`) gets its gradient here.
 
 Shapes: `N` images, `M` captions, `R` regions, `W` words, `D` embedding dims; `C`/`Q` the
 context/query item sizes (`R`/`W` for t2i, `W`/`R` for i2t).
@@ -47,6 +49,7 @@ def _attention_scores(
     context_gram: torch.Tensor,
     query_norm: torch.Tensor,
     options: AttentionOptions,
+    smooth: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scores of every context item against every query item: `(nc, C, D) x (nq, Q, D) -> (nc, nq)`.
 
@@ -58,6 +61,7 @@ def _attention_scores(
         query_norm: `(nq, Q)` float norms of the query vectors.
         options: the norm, smooth, agg and lambda_lse to use (the caller has laid the operands
             out for `options.direction`).
+        smooth: lambda_1 as a 0-dim tensor, used in place of `options.smooth` (None: the float).
     """
     nc, num_context, dim = context.shape
     nq, num_query, _ = query.shape
@@ -67,7 +71,7 @@ def _attention_scores(
         raw = raw.float()  # bf16 products, float32 from here on
     q_mask = None if query_mask is None else query_mask[None, None]  # (1, 1, nq, Q)
     normed = normalize_raw_scores(raw, norm=options.norm, dim=3, mask=q_mask)  # (nc, C, nq, Q)
-    logits = options.smooth * normed
+    logits = (options.smooth if smooth is None else smooth) * normed
     if context_mask is not None:
         logits = logits.masked_fill(~context_mask[:, :, None, None], float("-inf"))
     alpha = torch.softmax(logits, dim=1)  # (nc, C, nq, Q)   over the context axis
@@ -84,6 +88,22 @@ def _check_options(options: AttentionOptions) -> None:
     if not isinstance(options, AttentionOptions):
         raise TypeError(f"options must be a scan.similarity.options.AttentionOptions, got {type(options).__name__}")
     options.require("torch")
+
+
+def check_smooth(smooth: torch.Tensor | None) -> None:
+    """A lambda_1 override must be one number: a tensor of any other shape would broadcast silently.
+
+    Its sign is not checked: that would read the value back from the device on every batch, and a
+    learned lambda_1 is positive by construction (`SCAN` keeps it as `exp(log_lambda)`).
+
+    Raises:
+        TypeError: `smooth` is neither None nor a 0-dim floating-point tensor.
+    """
+    if smooth is None:
+        return
+    if not isinstance(smooth, torch.Tensor) or smooth.dim() != 0 or not smooth.is_floating_point():
+        got = f"a tensor of shape {tuple(smooth.shape)}" if isinstance(smooth, torch.Tensor) else type(smooth).__name__
+        raise TypeError(f"smooth must be a 0-dim floating-point tensor (lambda_1), got {got}")
 
 
 def _gram(x: torch.Tensor) -> torch.Tensor:
@@ -103,6 +123,8 @@ def pairwise_scores(
     captions: torch.Tensor,
     caption_mask: torch.Tensor,
     options: AttentionOptions,
+    *,
+    smooth: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SCAN scores of every image against every caption, in one block.
 
@@ -111,14 +133,18 @@ def pairwise_scores(
         captions: `(M, W, D)` word embeddings, padded.
         caption_mask: `(M, W)` True at real words.
         options: direction, norm, smooth (lambda_1), agg and lambda_lse.
+        smooth: lambda_1 as a 0-dim tensor, in place of `options.smooth`; the scores are
+            differentiable with respect to it (a learned temperature). None: `options.smooth`.
 
     Returns:
         `(N, M)` scores, in the inputs' dtype (float32 for bf16 inputs).
 
     Raises:
         BackendError: `options` asks for something this path does not implement.
+        TypeError: `smooth` is not a 0-dim floating-point tensor.
     """
     _check_options(options)
+    check_smooth(smooth)
     caption_mask = caption_mask.to(torch.bool)
     # Padded word slots may hold anything, even inf or NaN (which a multiplication by the mask
     # would keep): zero them, so no product, norm or Gram matrix of either direction sees them.
@@ -133,6 +159,7 @@ def pairwise_scores(
             context_gram=_gram(images),
             query_norm=_norms(captions),
             options=options,
+            smooth=smooth,
         )  # (N, M)
     # Context = words (softmax over real words only), query = regions.
     return _attention_scores(
@@ -143,6 +170,7 @@ def pairwise_scores(
         context_gram=_gram(captions),
         query_norm=_norms(images),
         options=options,
+        smooth=smooth,
     ).t()  # (M, N) -> (N, M)
 
 

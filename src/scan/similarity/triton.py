@@ -30,7 +30,9 @@ round them to tf32; `fp32` is exact IEEE float32 throughout.
 
 Options: every entry point takes one `AttentionOptions` and refuses (`BackendError`) a norm or
 pooling that `options.NORMS`/`options.POOLINGS` do not list for "triton" or that has no kernel
-code here, rather than letting a kernel compute a different option.
+code here, rather than letting a kernel compute a different option. The kernels take lambda_1
+as a constant and compute no gradient for it, so `batch_scores` refuses a learned lambda_1 (a
+tensor that needs a gradient, `model.learn_lambda`) rather than train it as if it were fixed.
 
 Triton is imported on first use, so the package imports without it; on a CPU the kernels run
 under `TRITON_INTERPRET=1` (the test suite does this on tiny shapes).
@@ -40,6 +42,7 @@ Shapes: `N` images, `M` captions, `R` regions, `W` words, `D` embedding dims; `R
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -554,6 +557,22 @@ def _check_options(options: AttentionOptions) -> None:
         raise BackendError(f"the triton backend does not implement {' or '.join(missing)}; use backend='torch'")
 
 
+def _constant_smooth(options: AttentionOptions, smooth: torch.Tensor | None) -> AttentionOptions:
+    """`options` with lambda_1 from a `smooth` override that needs no gradient (as a float).
+
+    Raises:
+        BackendError: `smooth` needs a gradient: the kernels have none for lambda_1.
+    """
+    if smooth is None:
+        return options
+    if smooth.requires_grad and torch.is_grad_enabled():
+        raise BackendError(
+            "the triton backend does not implement a learned lambda_softmax (model.learn_lambda): "
+            "its kernels have no gradient for lambda_1; use backend='torch'"
+        )
+    return dataclasses.replace(options, smooth=float(smooth))
+
+
 def _dot_precisions(precision: str) -> tuple[str, str]:
     """tl.dot input precision of the raw-score product and of the small Gram products."""
     if precision == "fp32":
@@ -836,6 +855,7 @@ def batch_scores(
     options: AttentionOptions,
     *,
     precision: str = "bf16",
+    smooth: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Differentiable `(B, B')` scores of a training batch (forward and backward in Triton).
 
@@ -845,10 +865,14 @@ def batch_scores(
         caption_mask: `(B', W)` True at real words; every caption needs at least one.
         options: direction, norm, smooth (lambda_1), agg and lambda_lse.
         precision: `bf16`, `tf32` or `fp32` (see the module docstring).
+        smooth: lambda_1 as a 0-dim tensor in place of `options.smooth`; accepted only where it
+            needs no gradient (e.g. a learned lambda_1 under `torch.no_grad()`).
 
     Raises:
-        BackendError: The kernels do not implement the norm or pooling of `options`.
+        BackendError: The kernels do not implement the norm or pooling of `options`, or `smooth`
+            needs a gradient.
     """
     _check_options(options)
     _check_precision(precision)
+    options = _constant_smooth(options, smooth)
     return TritonScanScores.apply(images, captions, caption_mask, options, precision)

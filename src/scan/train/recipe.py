@@ -190,10 +190,13 @@ def setup(config: Config, *, resume: bool = False, current: World | None = None)
             device = torch.device("cuda", current.local_rank)
         precision = resolve_precision(config.train.precision, device)
         model = build_model(config.model).to(device)
+        if not resume and config.model.text_encoder == "gru" and config.model.word_vectors == "minilm":
+            from scan.models.word_vectors import initialise_word_embedding
+
+            initialise_word_embedding(model.text_encoder, tokenizer)
         model.scoring_backend = config.train.scoring_backend
         model.scoring_precision = config.train.scoring_precision
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=config.train.lr)
+        optimizer = torch.optim.Adam(_parameter_groups(model), lr=config.train.lr)
 
         train_set = CaptionDataset(train_split, tokenizer)
         remembered = _remember_frozen_text(model, train_set, val_split, tokenizer)
@@ -228,6 +231,23 @@ def setup(config: Config, *, resume: bool = False, current: World | None = None)
         # Constructing DDP broadcasts rank 0's weights: every rank starts from the same model.
         run.trainer = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     return run
+
+
+# A learned lambda_1 trains at this multiple of the learning rate. Adam moves a parameter by about
+# the learning rate per step whatever its gradient's size, so at 2e-4 over the demo's ~1,400 steps
+# log(lambda_1) could move by 0.3 at most (9 -> 12): too little to find its own value. At 10x it can
+# reach 4 or 20 from 9, the range measured by hand (docs/RESULTS.md).
+LEARNED_LAMBDA_LR_SCALE = 10.0
+
+
+def _parameter_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """The optimizer's groups: every trainable weight, and a learned lambda_1 at its own scale."""
+    log_lambda = getattr(model, "log_lambda", None)
+    weights = [p for p in model.parameters() if p.requires_grad and p is not log_lambda]
+    groups: list[dict[str, Any]] = [{"params": weights, "lr_scale": 1.0}]
+    if log_lambda is not None:
+        groups.append({"params": [log_lambda], "lr_scale": LEARNED_LAMBDA_LR_SCALE})
+    return groups
 
 
 def _remember_frozen_text(model: torch.nn.Module, train_set: CaptionDataset, val_split: Any, tokenizer: Any) -> int:
@@ -438,7 +458,7 @@ def train(run: Run, *, on_step: Callable[[Run], None] | None = None) -> dict[str
                 decay=config.train.lr_decay,
             )
             for group in run.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             batches = ShardedBatches(
                 num_items=len(run.train_set),
                 batch_size=config.data.batch_size,
