@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=tuple(DEMO_REGIONS),
         default=DEMO_MODE,
-        help="regions: grid (6 x 6 cells of EfficientNet-Lite0), grid-lite2 (of Lite2), pyramid (6 x 6, 3 x 3 "
-        "and 1 x 1 cells), bottomup (detector boxes) or bottomup-grid (boxes and 6 x 6 cells) "
-        f"(default {DEMO_MODE})",
+        help="regions: bottomup-grid (36 detector boxes and the 6 x 6 grid cells), bottomup (the boxes alone, "
+        "as the paper), grid (the cells alone), pyramid (6 x 6, 3 x 3 and 1 x 1 cells) or grid-lite2 (the cells "
+        f"of EfficientNet-Lite2 instead of Lite0) (default {DEMO_MODE})",
     )
     parser.add_argument(
         "--text-encoder",
