@@ -100,6 +100,13 @@ def main() -> None:
         choices=["dev", "test"],
         help="splits to score; `--splits dev` when choosing, so the test split is left for the end",
     )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="further overrides applied to every variant (e.g. model.embed_dim=1024)",
+    )
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     features, out = Path(args.features), Path(args.out)
@@ -111,7 +118,13 @@ def main() -> None:
         columns = figures.setdefault(variant, {})
         for seed in args.seeds:
             run_dir = out / f"{variant}-seed{seed}"
-            overrides = [*scan_t2i, *DEMO_TEXT_ENCODERS[args.text_encoder], *VARIANTS[variant], f"train.seed={seed}"]
+            overrides = [
+                *scan_t2i,
+                *DEMO_TEXT_ENCODERS[args.text_encoder],
+                *VARIANTS[variant],
+                *args.set,
+                f"train.seed={seed}",
+            ]
             started = time.perf_counter()
             train_or_resume(DEMO_CONFIG, features, run_dir, overrides, device="cpu", progress=False)
             seconds = time.perf_counter() - started  # near 0 when the run was already there
