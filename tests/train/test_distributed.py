@@ -131,6 +131,11 @@ def _cross_rank_gradients(rank: int, port: int, folder: str) -> None:
     if rank == 0:
         torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, Path(folder) / "grads.pt")
         torch.save(ids, Path(folder) / "order.pt")
+    # Leave together, as scan.distributed.finish does, and drop DDP (its reducer holds the group)
+    # first: a rank whose Gloo threads outlive the group's teardown aborts at exit, about one run
+    # in ten on a 2-core machine ("terminate called without an active exception").
+    del forward, scores, global_scores, loss
+    dist.barrier()
     dist.destroy_process_group()
 
 
