@@ -24,19 +24,18 @@ import numpy as np
 
 from scan.data.precomp import PrecompSplit
 
-CAPTIONS_PER_IMAGE = 5
 
-
-def write_split(folder: Path, split: str, sources: list[tuple[Path, str, np.ndarray]]) -> None:
-    """`folder/{split}_*` from the given rows of (features folder, split, photo indices)."""
+def write_split(folder: Path, split: str, sources: list[tuple[PrecompSplit, np.ndarray]]) -> None:
+    """`folder/{split}_*` from the given photos (rows) of opened splits, captions and ids with them."""
     ims, boxes, ids, caps = [], [], [], []
-    for source, name, rows in sources:
-        ims.append(np.load(source / f"{name}_ims.npy", mmap_mode="r")[rows])
-        boxes.append(np.load(source / f"{name}_boxes.npy", mmap_mode="r")[rows])
-        names = (source / f"{name}_ids.txt").read_text(encoding="utf-8").splitlines()
-        lines = (source / f"{name}_caps.txt").read_text(encoding="utf-8").splitlines()
-        ids += [names[r] for r in rows]
-        caps += [line for r in rows for line in lines[r * CAPTIONS_PER_IMAGE : (r + 1) * CAPTIONS_PER_IMAGE]]
+    for source, rows in sources:
+        if source.image_ids is None:
+            raise SystemExit(f"{source.ids_path}: missing; folds need each photo's id (scan extract writes it)")
+        per = source.captions_per_image
+        ims.append(np.load(source.features_path, mmap_mode="r")[rows])
+        boxes.append(np.load(source.boxes_path, mmap_mode="r")[rows])
+        ids += [source.image_ids[r] for r in rows]
+        caps += [caption for r in rows for caption in source.captions[r * per : (r + 1) * per]]
     np.save(folder / f"{split}_ims.npy", np.concatenate(ims))
     np.save(folder / f"{split}_boxes.npy", np.concatenate(boxes))
     (folder / f"{split}_ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
@@ -51,7 +50,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     features, out = Path(args.features), Path(args.out)
-    pool = [(split, i) for split in ("train", "dev") for i in range(PrecompSplit.open(features, split).num_images)]
+    splits = {name: PrecompSplit.open(features, name) for name in ("train", "dev")}
+    pool = [(name, i) for name, opened in splits.items() for i in range(opened.num_images)]
     order = np.random.default_rng(args.seed).permutation(len(pool))
     folds = np.array_split(order, args.k)
     for f, held_out in enumerate(folds):
@@ -60,10 +60,10 @@ def main() -> None:
         rest = np.sort(np.concatenate([fold for g, fold in enumerate(folds) if g != f]))
         for split, chosen in (("train", rest), ("dev", np.sort(held_out))):
             sources = [
-                (features, name, np.array([pool[p][1] for p in chosen if pool[p][0] == name], dtype=np.int64))
-                for name in ("train", "dev")
+                (opened, np.array([pool[p][1] for p in chosen if pool[p][0] == name], dtype=np.int64))
+                for name, opened in splits.items()
             ]
-            write_split(folder, split, [s for s in sources if len(s[2])])
+            write_split(folder, split, [(opened, rows) for opened, rows in sources if len(rows)])
             shutil.copy(features / "train_extract.json", folder / f"{split}_extract.json")
         print(f"{folder}: {len(rest)} train photos, {len(held_out)} dev photos")
 
