@@ -1,6 +1,6 @@
-"""Take the README's picture of `scan serve`: search an index, open the first photo, select a word.
+"""Take a picture of `scan serve`: search an index, open the first photo, select a word.
 
-    .venv/bin/python scripts/serve_screenshot.py reports/flickr8k-demo/index docs/img/serve.jpg \\
+    .venv/bin/python scripts/serve_screenshot.py reports/flickr8k-demo/index reports/serve.jpg \\
         --query "a dog runs through the grass" --word dog
 
 Drives Debian's chromium (/usr/bin/chromium) with Playwright, as tests/serve/test_browser.py does.
