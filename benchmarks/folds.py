@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from scan.cli.common import report_user_errors
 from scan.data.precomp import PrecompSplit
+from scan.errors import DataError
 
 
 def write_split(folder: Path, split: str, sources: list[tuple[PrecompSplit, np.ndarray]]) -> None:
@@ -30,7 +32,7 @@ def write_split(folder: Path, split: str, sources: list[tuple[PrecompSplit, np.n
     ims, boxes, ids, caps = [], [], [], []
     for source, rows in sources:
         if source.image_ids is None:
-            raise SystemExit(f"{source.ids_path}: missing; folds need each photo's id (scan extract writes it)")
+            raise DataError("missing; folds need each photo's id (scan extract writes it)", path=source.ids_path)
         per = source.captions_per_image
         ims.append(np.load(source.features_path, mmap_mode="r")[rows])
         boxes.append(np.load(source.boxes_path, mmap_mode="r")[rows])
@@ -42,7 +44,8 @@ def write_split(folder: Path, split: str, sources: list[tuple[PrecompSplit, np.n
     (folder / f"{split}_caps.txt").write_text("\n".join(caps) + "\n", encoding="utf-8")
 
 
-def main() -> None:
+@report_user_errors
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--features", required=True, help="a features folder with train and dev splits")
     parser.add_argument("--out", required=True)
@@ -66,7 +69,8 @@ def main() -> None:
             write_split(folder, split, [(opened, rows) for opened, rows in sources if len(rows)])
             shutil.copy(features / "train_extract.json", folder / f"{split}_extract.json")
         print(f"{folder}: {len(rest)} train photos, {len(held_out)} dev photos")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
